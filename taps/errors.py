@@ -1,0 +1,31 @@
+"""Errors users see. Each message says what was wrong and what to do about it."""
+
+
+class TAPSError(Exception):
+    """Base class of the errors the library raises on bad input."""
+
+
+class ConfigError(TAPSError, ValueError):
+    """An invalid setting (λ < 0, lr ≤ 0, unknown method, absurd sizes…)."""
+
+
+class UnknownBackboneError(TAPSError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsUnavailableError(TAPSError, RuntimeError):
+    """Pretrained weights were asked for but cannot be had (offline, missing file…)."""
+
+
+class UnknownDatasetError(TAPSError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetUnavailableError(TAPSError, FileNotFoundError):
+    """A known data set whose files are not on this machine; the message says how to get them."""
+
+
+class TrainingError(TAPSError, RuntimeError):
+    """Training cannot go on (NaN/inf loss…); the last good checkpoint is kept."""

@@ -1,0 +1,247 @@
+"""Task packs: everything one task adds to the shared base, and nothing else.
+
+A pack is a safetensors file (loading it can never run code) holding
+  ``delta.<layer>``   the delta of every *active* gated layer,
+  ``scores``          all L scores, in layer order,
+  ``norm.<field>``    normalisation state of every norm layer, concatenated in model order
+                      (weight, bias, running_mean, running_var, num_batches_tracked),
+  ``head.<param>``    the task's classifier head,
+and JSON metadata (backbone, TAPS config, layer and norm names, class names, λ, metrics).
+Grouping the small tensors keeps the file within a few hundred bytes of its tensor payload.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .adapt import adapt, gated_layers, head_name, norm_layers, replace_module
+from .config import TAPSConfig
+from .merge import merge
+
+PACK_FORMAT = 1
+NORM_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+class PackError(ValueError):
+    """A task pack is unreadable or does not fit the model it is loaded into."""
+
+
+@dataclass
+class TaskPack:
+    metadata: dict
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.tensors["head.weight"].shape[0])
+
+    @property
+    def active_layers(self) -> list[str]:
+        return [k[len("delta."):] for k in self.tensors if k.startswith("delta.")]
+
+    def payload_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def backbone_name(model: nn.Module) -> str | None:
+    name = getattr(model, "taps_backbone", None)
+    if name:
+        return name
+    cfg = getattr(model, "pretrained_cfg", None)
+    return cfg.get("architecture") if isinstance(cfg, dict) else None
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """sha256 of the frozen weights of the gated layers: which base a pack was trained on."""
+    digest = hashlib.sha256()
+    for name, layer in gated_layers(model):
+        digest.update(name.encode())
+        digest.update(layer.weight.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _norm_state(model: nn.Module) -> tuple[list[str], dict[str, list[torch.Tensor]]]:
+    names, fields = [], {f: [] for f in NORM_FIELDS}
+    for name, module in norm_layers(model):
+        names.append(name)
+        for f in NORM_FIELDS:
+            t = getattr(module, f, None)
+            if t is not None:
+                fields[f].append(t.detach().reshape(-1))
+    return names, fields
+
+
+def pack_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    layers = gated_layers(model)
+    tensors = {f"delta.{n}": m.delta.detach() for n, m in layers if m.active}
+    tensors["scores"] = torch.stack([m.score.detach() for _, m in layers])
+    _, fields = _norm_state(model)
+    tensors.update({f"norm.{f}": torch.cat(ts) for f, ts in fields.items() if ts})
+    head = model.get_submodule(head_name(model))
+    tensors.update({f"head.{k}": v.detach() for k, v in head.state_dict().items()})
+    return {k: v.cpu().contiguous() for k, v in tensors.items()}
+
+
+def save_pack(model: nn.Module, path: str | os.PathLike, *, class_names: list[str] | None = None,
+              lam: float | None = None, metrics: dict | None = None, extra: dict | None = None) -> Path:
+    """Write the task pack of an adapted model. Written to a temporary file, then renamed, so an
+    interrupted save never leaves a half-written pack behind."""
+    layers = gated_layers(model)
+    if not layers:
+        raise PackError("model has no gated layers; adapt and train it first")
+    tensors = pack_tensors(model)
+    config: TAPSConfig = getattr(model, "taps_config", TAPSConfig())
+    meta = {
+        "format": PACK_FORMAT,
+        "backbone": backbone_name(model),
+        "base_fingerprint": base_fingerprint(model),
+        "config": config.to_dict(),
+        "head": head_name(model),
+        "layers": [n for n, _ in layers],
+        "norms": _norm_state(model)[0],
+        "class_names": list(class_names) if class_names is not None else None,
+        "lam": lam,
+        "metrics": metrics or {},
+        "extra": extra or {},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"taps": json.dumps(meta, separators=(",", ":"))})
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_pack(path: str | os.PathLike) -> TaskPack:
+    """Read a pack without a model (for listing and inspection)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PackError(f"task pack not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("taps")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PackError(f"{path} is not a readable safetensors task pack: {exc}") from exc
+    if raw is None:
+        raise PackError(f"{path} is a safetensors file but not a TAPS task pack (no 'taps' metadata)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise PackError(f"{path}: corrupt task-pack metadata: {exc}") from exc
+    if meta.get("format") != PACK_FORMAT:
+        raise PackError(f"{path}: task-pack format {meta.get('format')!r} is not supported (expected {PACK_FORMAT})")
+    return TaskPack(meta, tensors)
+
+
+def _check_fits(model: nn.Module, pack: TaskPack, where: str, check_base: bool) -> None:
+    """Raise PackError naming the first mismatch; touches nothing."""
+    meta = pack.metadata
+    ours, theirs = backbone_name(model), meta.get("backbone")
+    prefix = f"{where}: pack for backbone {theirs!r} does not fit this model ({ours!r})"
+    if ours and theirs and ours != theirs:
+        raise PackError(f"{where}: pack was trained on backbone {theirs!r}, the model is {ours!r}")
+    layers = dict(gated_layers(model))
+    names = list(layers)
+    if names != meta["layers"]:
+        missing = [n for n in meta["layers"] if n not in layers]
+        unexpected = [n for n in names if n not in set(meta["layers"])]
+        detail = (f"layers missing from the model: {missing[:5]}" if missing else
+                  f"layers not in the pack: {unexpected[:5]}" if unexpected else "layer order differs")
+        raise PackError(f"{prefix}: {len(meta['layers'])} gated layers in the pack, {len(names)} in the model; {detail}")
+    for key, t in pack.tensors.items():
+        if key.startswith("delta."):
+            name = key[len("delta."):]
+            if name not in layers:
+                raise PackError(f"{prefix}: delta for unknown layer {name!r}")
+            if tuple(t.shape) != tuple(layers[name].weight.shape):
+                raise PackError(f"{prefix}: layer {name!r} has shape {tuple(layers[name].weight.shape)}, "
+                                f"the pack's delta {tuple(t.shape)}")
+    if pack.tensors["scores"].shape != (len(names),):
+        raise PackError(f"{prefix}: {pack.tensors['scores'].numel()} scores for {len(names)} layers")
+    norm_names, fields = _norm_state(model)
+    if norm_names != meta["norms"]:
+        raise PackError(f"{prefix}: normalisation layers differ ({len(meta['norms'])} in the pack, "
+                        f"{len(norm_names)} in the model)")
+    for f, ts in fields.items():
+        want = sum(t.numel() for t in ts)
+        have = pack.tensors.get(f"norm.{f}")
+        if (have.numel() if have is not None else 0) != want:
+            raise PackError(f"{prefix}: normalisation {f} holds {0 if have is None else have.numel()} values, "
+                            f"the model needs {want}")
+    head = model.get_submodule(meta["head"]) if meta["head"] in dict(model.named_modules()) else None
+    if not isinstance(head, nn.Linear):
+        raise PackError(f"{prefix}: no Linear head named {meta['head']!r} in the model")
+    if pack.tensors["head.weight"].shape[1] != head.in_features:
+        raise PackError(f"{prefix}: head takes {pack.tensors['head.weight'].shape[1]} features, "
+                        f"the model gives {head.in_features}")
+    if check_base and meta.get("base_fingerprint") not in (None, base_fingerprint(model)):
+        raise PackError(f"{where}: the model's base weights differ from those the pack was trained on "
+                        "(pass check_base=False to load anyway)")
+
+
+def load_pack(model: nn.Module, source: str | os.PathLike | TaskPack, *, check_base: bool = True) -> nn.Module:
+    """Apply a task pack to ``model`` (a plain base is adapted first with the pack's config).
+
+    Everything is checked before anything is written: on a mismatch the model is left as it was.
+    """
+    pack = source if isinstance(source, TaskPack) else read_pack(source)
+    where = "task pack" if isinstance(source, TaskPack) else str(source)
+    was_adapted = bool(gated_layers(model))
+    if not was_adapted:
+        _check_names_before_adapt(model, pack, where)
+        adapt(model, TAPSConfig.from_dict({**pack.metadata["config"], "head": pack.metadata["head"]}))
+    try:
+        _check_fits(model, pack, where, check_base)
+    except PackError:
+        if not was_adapted:
+            _unadapt(model)
+        raise
+    _apply(model, pack)
+    return model
+
+
+def _check_names_before_adapt(model: nn.Module, pack: TaskPack, where: str) -> None:
+    theirs, ours = pack.metadata.get("backbone"), backbone_name(model)
+    if ours and theirs and ours != theirs:
+        raise PackError(f"{where}: pack was trained on backbone {theirs!r}, the model is {ours!r}")
+
+
+def _unadapt(model: nn.Module) -> None:
+    """Undo a fresh ``adapt``: all deltas are still zero, so merging restores the base exactly."""
+    merge(model, inplace=True)
+
+
+@torch.no_grad()
+def _apply(model: nn.Module, pack: TaskPack) -> None:
+    t = pack.tensors
+    for (name, layer), score in zip(gated_layers(model), t["scores"]):
+        layer.score.copy_(score)
+        delta = t.get(f"delta.{name}")
+        layer.delta.copy_(delta if delta is not None else torch.zeros_like(layer.delta))
+    offsets = {f: 0 for f in NORM_FIELDS}
+    for _, module in norm_layers(model):
+        for f in NORM_FIELDS:
+            target = getattr(module, f, None)
+            if target is None:
+                continue
+            n = target.numel()
+            target.copy_(t[f"norm.{f}"][offsets[f]:offsets[f] + n].view_as(target))
+            offsets[f] += n
+    head_name_ = pack.metadata["head"]
+    head = model.get_submodule(head_name_)
+    if head.out_features != pack.num_classes:
+        device, dtype = head.weight.device, head.weight.dtype
+        head = nn.Linear(head.in_features, pack.num_classes, bias="head.bias" in t, device=device, dtype=dtype)
+        replace_module(model, head_name_, head)
+    head.load_state_dict({k[len("head."):]: v for k, v in t.items() if k.startswith("head.")}, strict=True)
