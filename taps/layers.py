@@ -73,7 +73,7 @@ class GatedLayer:
             return self.weight + self.delta if self.active else self.weight.clone()
 
     def extra_repr(self) -> str:  # shown by print(model)
-        return f"{super().extra_repr()}, taps(threshold={self.threshold}, score={float(self.score):.3f})"
+        return f"{super().extra_repr()}, taps(threshold={self.threshold}, score={self.score.item():.3f})"
 
 
 def _like(cls, layer: nn.Module, **kwargs) -> nn.Module:

@@ -106,6 +106,7 @@ def save_pack(model: nn.Module, path: str | os.PathLike, *, class_names: list[st
         "config": config.to_dict(),
         "head": head_name(model),
         "layers": [n for n, _ in layers],
+        "layer_shapes": [list(m.weight.shape) for _, m in layers],
         "norms": _norm_state(model)[0],
         "class_names": list(class_names) if class_names is not None else None,
         "lam": lam,
@@ -159,14 +160,14 @@ def _check_fits(model: nn.Module, pack: TaskPack, where: str, check_base: bool) 
         detail = (f"layers missing from the model: {missing[:5]}" if missing else
                   f"layers not in the pack: {unexpected[:5]}" if unexpected else "layer order differs")
         raise PackError(f"{prefix}: {len(meta['layers'])} gated layers in the pack, {len(names)} in the model; {detail}")
-    for key, t in pack.tensors.items():
-        if key.startswith("delta."):
-            name = key[len("delta."):]
-            if name not in layers:
-                raise PackError(f"{prefix}: delta for unknown layer {name!r}")
-            if tuple(t.shape) != tuple(layers[name].weight.shape):
-                raise PackError(f"{prefix}: layer {name!r} has shape {tuple(layers[name].weight.shape)}, "
-                                f"the pack's delta {tuple(t.shape)}")
+    for name, shape in zip(meta["layers"], meta["layer_shapes"]):
+        delta = pack.tensors.get(f"delta.{name}")
+        if tuple(layers[name].weight.shape) != tuple(shape) or (delta is not None and tuple(delta.shape) != tuple(shape)):
+            raise PackError(f"{prefix}: layer {name!r} has shape {tuple(layers[name].weight.shape)}, "
+                            f"the pack's {tuple(shape)}")
+    unknown = set(pack.active_layers) - set(layers)
+    if unknown:
+        raise PackError(f"{prefix}: deltas for layers the model does not have: {sorted(unknown)[:5]}")
     if pack.tensors["scores"].shape != (len(names),):
         raise PackError(f"{prefix}: {pack.tensors['scores'].numel()} scores for {len(names)} layers")
     norm_names, fields = _norm_state(model)
@@ -179,9 +180,7 @@ def _check_fits(model: nn.Module, pack: TaskPack, where: str, check_base: bool) 
         if (have.numel() if have is not None else 0) != want:
             raise PackError(f"{prefix}: normalisation {f} holds {0 if have is None else have.numel()} values, "
                             f"the model needs {want}")
-    head = model.get_submodule(meta["head"]) if meta["head"] in dict(model.named_modules()) else None
-    if not isinstance(head, nn.Linear):
-        raise PackError(f"{prefix}: no Linear head named {meta['head']!r} in the model")
+    head = _pack_head(model, pack, prefix)
     if pack.tensors["head.weight"].shape[1] != head.in_features:
         raise PackError(f"{prefix}: head takes {pack.tensors['head.weight'].shape[1]} features, "
                         f"the model gives {head.in_features}")
@@ -200,7 +199,10 @@ def load_pack(model: nn.Module, source: str | os.PathLike | TaskPack, *, check_b
     was_adapted = bool(gated_layers(model))
     if not was_adapted:
         _check_names_before_adapt(model, pack, where)
-        adapt(model, TAPSConfig.from_dict({**pack.metadata["config"], "head": pack.metadata["head"]}))
+        try:
+            adapt(model, TAPSConfig.from_dict({**pack.metadata["config"], "head": pack.metadata["head"]}))
+        except ValueError as exc:
+            raise PackError(f"{where}: cannot adapt the model with the pack's settings: {exc}") from exc
     try:
         _check_fits(model, pack, where, check_base)
     except PackError:
@@ -215,6 +217,15 @@ def _check_names_before_adapt(model: nn.Module, pack: TaskPack, where: str) -> N
     theirs, ours = pack.metadata.get("backbone"), backbone_name(model)
     if ours and theirs and ours != theirs:
         raise PackError(f"{where}: pack was trained on backbone {theirs!r}, the model is {ours!r}")
+    _pack_head(model, pack, f"{where}: pack for backbone {theirs!r} does not fit this model ({ours!r})")
+
+
+def _pack_head(model: nn.Module, pack: TaskPack, prefix: str) -> nn.Linear:
+    name = pack.metadata["head"]
+    head = dict(model.named_modules()).get(name)
+    if not isinstance(head, nn.Linear):
+        raise PackError(f"{prefix}: no Linear head named {name!r} in the model")
+    return head
 
 
 def _unadapt(model: nn.Module) -> None:

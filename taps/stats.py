@@ -55,7 +55,7 @@ def layer_report(model: nn.Module) -> list[LayerInfo]:
     """One row per gated layer, input to head."""
     return [
         LayerInfo(i, name, layer_kind(name, layer), layer.delta.numel(),
-                  float(layer.score.detach()), layer.active)
+                  layer.score.item(), layer.active)
         for i, (name, layer) in enumerate(gated_layers(model))
     ]
 

@@ -1,0 +1,74 @@
+"""The gated layer: forward w̄ + I·δ, straight-through backward."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import taps
+from taps.layers import GatedConv2d, GatedLinear
+
+
+def _gated_linear(score: float) -> GatedLinear:
+    layer = GatedLinear.from_layer(nn.Linear(6, 4), threshold=0.1, score_init=score)
+    with torch.no_grad():
+        layer.delta.copy_(torch.randn_like(layer.delta))
+    return layer
+
+
+def _hand_gradient_wrt_weight(layer, x, target):
+    """∂L/∂w at w = w̄ + I·δ, computed without the gated layer."""
+    w = (layer.weight + (layer.delta if layer.active else 0)).detach().requires_grad_(True)
+    loss = F.cross_entropy(F.linear(x, w, layer.bias), target)
+    (grad_w,) = torch.autograd.grad(loss, w)
+    return loss, grad_w
+
+
+def test_forward_is_base_plus_gated_delta():
+    x = torch.randn(3, 6)
+    on, off = _gated_linear(0.5), _gated_linear(0.05)
+    assert torch.allclose(on(x), F.linear(x, on.weight + on.delta, on.bias))
+    assert torch.equal(off(x), F.linear(x, off.weight, off.bias))
+
+
+def test_score_gradient_is_inner_product_of_weight_gradient_and_delta():
+    x, target = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    layer = _gated_linear(0.5)
+    F.cross_entropy(layer(x), target).backward()
+    _, grad_w = _hand_gradient_wrt_weight(layer, x, target)
+    assert torch.allclose(layer.score.grad, (grad_w * layer.delta).sum(), atol=1e-6)
+    assert torch.allclose(layer.delta.grad, grad_w, atol=1e-6)
+    assert layer.weight.grad is None and layer.bias.grad is None  # w̄ and bias frozen
+
+
+def test_gated_off_layer_freezes_delta_but_score_still_learns():
+    x, target = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    layer = _gated_linear(0.05)
+    F.cross_entropy(layer(x), target).backward()
+    _, grad_w = _hand_gradient_wrt_weight(layer, x, target)
+    assert torch.count_nonzero(layer.delta.grad) == 0
+    expected = (grad_w * layer.delta).sum()
+    assert expected.abs() > 1e-4
+    assert torch.allclose(layer.score.grad, expected, atol=1e-6)
+
+
+def test_fused_gate_matches_papers_straight_through_formulation():
+    """Algorithm 1 of the paper, w = w̄ + hard_gate(s)·δ, gives the same gradients."""
+    x, target = torch.randn(8, 3, 9, 9), torch.randint(0, 4, (8,))
+    for score in (0.5, 0.05):
+        conv = GatedConv2d.from_layer(nn.Conv2d(3, 4, 3, padding=1), 0.1, score)
+        with torch.no_grad():
+            conv.delta.copy_(torch.randn_like(conv.delta) * 0.1)
+        F.cross_entropy(conv(x).mean((2, 3)), target).backward()
+        s = conv.score.detach().clone().requires_grad_(True)
+        d = conv.delta.detach().clone().requires_grad_(True)
+        w = conv.weight + taps.hard_gate(s, 0.1) * d
+        F.cross_entropy(F.conv2d(x, w, conv.bias, padding=1).mean((2, 3)), target).backward()
+        assert torch.allclose(conv.score.grad, s.grad, atol=1e-6)
+        assert torch.allclose(conv.delta.grad, d.grad, atol=1e-6)
+
+
+def test_layer_switches_back_on_when_its_score_crosses_the_threshold():
+    layer = _gated_linear(0.05)
+    assert not layer.active
+    with torch.no_grad():
+        layer.score.fill_(0.1)  # s ≥ τ is on
+    assert layer.active
