@@ -1,0 +1,127 @@
+"""Command line: ``python -m taps train|eval|backbones|datasets``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import typing
+
+from .errors import TAPSError
+from .packs import PackError
+from .trainer import EpochEvent, StartEvent, StepEvent, TrainConfig, train
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (``lam`` → ``--lam``), typed from the dataclass."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        base = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+        if base[0] is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif typing.get_origin(base[0]) is list:
+            parser.add_argument(flag, nargs="*", default=default, metavar="PATTERN")
+        else:
+            parser.add_argument(flag, type=base[0], default=default)
+
+
+class ConsoleProgress:
+    """A progress line per step on a terminal, a line per epoch always."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.tty, self.t0 = stream, stream.isatty(), time.perf_counter()
+
+    def on_start(self, e: StartEvent) -> None:
+        print(f"device {e.device} · {len(e.layer_names)} gated layers · {len(e.classes)} classes · "
+              f"train/val/test {e.train_size}/{e.val_size}/{e.test_size} · {e.total_steps} steps",
+              file=self.stream)
+        self.t0, self.first = time.perf_counter(), None
+
+    def on_step(self, e: StepEvent) -> None:
+        if not self.tty:
+            return
+        self.first = self.first or e.step
+        done = e.step - self.first + 1
+        eta = (time.perf_counter() - self.t0) / done * (e.total_steps - e.step)
+        bar = "#" * int(20 * e.step / e.total_steps)
+        print(f"\r[{bar:<20}] {e.step}/{e.total_steps} loss {e.loss:.3f} penalty {e.penalty:.4f} "
+              f"active {e.active_layers}/{len(e.scores)} {e.images_per_sec:.0f} img/s ETA {eta:.0f}s ",
+              end="", file=self.stream, flush=True)
+
+    def on_epoch(self, e: EpochEvent) -> None:
+        print(("\n" if self.tty else "") +
+              f"epoch {e.epoch + 1}/{e.epochs} train_loss {e.train_loss:.3f} train_acc {e.train_acc:.3f} "
+              f"val_acc {e.val_acc:.3f} test_acc {e.test_acc:.3f} task-specific layers "
+              f"{e.task_specific_layers_pct:.1f}% additional params {e.additional_params_pct:.1f}% "
+              f"({e.seconds:.0f}s)", file=self.stream, flush=True)
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m taps", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train one task (TAPS or a baseline)")
+    _add_config_arguments(p_train)
+    p_train.add_argument("--resume", action="store_true", help="continue from out_dir's checkpoint")
+    p_eval = sub.add_parser("eval", help="accuracy of a task pack on a dataset")
+    p_eval.add_argument("pack")
+    p_eval.add_argument("--dataset", default=None, help="default: the pack's own dataset")
+    p_eval.add_argument("--split", default="test", choices=["val", "test"])
+    p_eval.add_argument("--eval-subset", type=int, default=None)
+    p_eval.add_argument("--data-root", default=None)
+    p_eval.add_argument("--device", default="auto")
+    sub.add_parser("backbones", help="list backbones and whether their weights are available offline")
+    sub.add_parser("datasets", help="list datasets and whether they are on this machine")
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (TAPSError, PackError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    if args.command == "train":
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+        result = train(TrainConfig(**values), [ConsoleProgress()], resume=args.resume)
+        m = result.metrics
+        print(_table([("status", result.status), ("epochs", result.epochs_done),
+                      ("val accuracy", m["val_acc"]), ("test accuracy", m["test_acc"]),
+                      ("task-specific layers", f"{m['active_layers']}/{m['gated_layers']} "
+                                               f"({m['task_specific_layers_pct']:.1f}%)"),
+                      ("additional params", f"{m['additional_params']:,} ({m['additional_params_pct']:.2f}%)"),
+                      ("task pack", result.pack_path or "-")]))
+    elif args.command == "eval":
+        from .inference import evaluate_pack
+
+        r = evaluate_pack(args.pack, args.dataset, split=args.split, eval_subset=args.eval_subset,
+                          data_root=args.data_root, device=args.device)
+        print(_table([(k, v) for k, v in r.items()]))
+    elif args.command == "backbones":
+        from .backbones import list_backbones
+
+        for b in list_backbones():
+            print(f"{b.name:<24} {'offline' if b.offline else 'download':<9} {b.source}")
+    elif args.command == "datasets":
+        from .data import list_datasets
+
+        for d in list_datasets():
+            print(f"{d.name:<26} {'available' if d.available else 'missing':<10} "
+                  f"{'' if d.available else d.how_to_get.splitlines()[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Use a trained task: base backbone + task pack → a merged plain model, and evaluate it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .backbones import create_backbone, resolve_device
+from .data import load_dataset
+from .merge import merge
+from .packs import PackError, TaskPack, load_pack, read_pack
+
+
+def load_task_model(pack_path: str | Path, *, weights: str = "auto", checkpoint: str | None = None,
+                    merged: bool = True) -> tuple[nn.Module, TaskPack]:
+    """The base named in the pack with the pack applied; merged (plain layers) by default."""
+    pack = read_pack(pack_path)
+    backbone = pack.metadata.get("backbone")
+    if not backbone:
+        raise PackError(f"{pack_path}: the pack does not name its backbone; load it with taps.load_pack")
+    model = create_backbone(backbone, pack.num_classes, weights, checkpoint=checkpoint)
+    load_pack(model, pack)
+    return (merge(model, inplace=True) if merged else model).eval(), pack
+
+
+def evaluate_pack(pack_path: str | Path, dataset: str | None = None, *, split: str = "test",
+                  eval_subset: int | None = None, batch_size: int = 64, device: str = "auto",
+                  data_root: str | None = None, weights: str = "auto",
+                  checkpoint: str | None = None) -> dict:
+    """Accuracy of a task pack on a dataset split (the pack's own dataset by default)."""
+    model, pack = load_task_model(pack_path, weights=weights, checkpoint=checkpoint)
+    extra = pack.metadata.get("extra", {})
+    dataset = dataset or extra.get("dataset")
+    if not dataset:
+        raise PackError(f"{pack_path}: the pack does not name its dataset; pass one")
+    data = load_dataset(dataset, resolution=int(extra.get("resolution", 224)), test_subset=eval_subset,
+                        mean=tuple(extra.get("mean", (0.485, 0.456, 0.406))),
+                        std=tuple(extra.get("std", (0.229, 0.224, 0.225))), augment=False,
+                        data_root=data_root)
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    if len(data.classes) != pack.num_classes:
+        raise PackError(f"{pack_path} has {pack.num_classes} classes, {dataset} has {len(data.classes)}")
+    dev = resolve_device(device)
+    model.to(dev)
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in DataLoader(getattr(data, split), batch_size=batch_size):
+            correct += (model(images.to(dev)).argmax(1).cpu() == labels).sum().item()
+            total += labels.numel()
+    return {"dataset": dataset, "split": split, "images": total, "accuracy": correct / max(total, 1)}

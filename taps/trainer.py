@@ -1,0 +1,411 @@
+"""One training loop for TAPS and its baselines.
+
+    result = train(TrainConfig(dataset="fashion-mnist", method="taps", lam=1.0))
+
+The loop is plain PyTorch a reader can hold in their head: build data and model, one optimizer
+with the scores in their own group, a cosine schedule, and per step
+``loss = task_loss + ramp(step)·penalty``. Everything the outside world sees goes through
+callbacks (per step and per epoch), so the CLI, the workbench and the tests observe the same
+events; the loop never knows who listens.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .adapt import gated_layers
+from .backbones import create_backbone, input_normalization, resolve_device, device_description
+from .config import TAPSConfig
+from .data import load_dataset
+from .errors import ConfigError, TrainingError
+from .methods import METHODS, prepare_model, set_train_mode
+from .packs import save_pack
+from .penalty import penalty_weights, sparsity_penalty
+from .stats import summarize
+
+CHECKPOINT = "checkpoint.pt"
+PACK = "task.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved with the run. Defaults are the tested CPU defaults: see
+    ``docs`` in the README ("Defaults that work on short runs")."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "auto"  # auto | package | hub | none
+    checkpoint: str | None = None  # local pretrained weights file
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    allow_download: bool = False
+    resolution: int = 64
+    train_subset: int | None = 2000
+    eval_subset: int | None = 1000
+    val_fraction: float = 0.1
+    method: str = "taps"
+    lam: float = 1.0
+    lr: float = 0.01
+    score_lr: float | None = None  # None: same as lr
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: int = 3
+    batch_size: int = 32
+    penalty_warmup: float = 0.3  # fraction of training with the penalty ramping from 0 to λ
+    threshold: float = 0.1
+    score_init: float = 0.15
+    penalty_mode: str = "layers"
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    freeze_layers: int | None = None  # manual_freeze: trainable last-k layers
+    freeze_budget_pct: float | None = None  # manual_freeze: or k matched to this budget
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA; ignored on CPU
+    num_workers: int = 0
+    out_dir: str | None = None  # checkpoint and task pack; None keeps nothing on disk
+
+    def validate(self) -> "TrainConfig":
+        """Refuse bad settings before anything is allocated, with a message saying which."""
+        def number(name, low=None, high=None, strict_low=False, integer=False, optional=False):
+            value = getattr(self, name)
+            if value is None and optional:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            if integer and int(value) != value:
+                raise ConfigError(f"{name} must be a whole number, got {value!r}")
+            if low is not None and (value <= low if strict_low else value < low):
+                raise ConfigError(f"{name} must be {'>' if strict_low else '≥'} {low}, got {value!r}")
+            if high is not None and value > high:
+                raise ConfigError(f"{name} must be ≤ {high}, got {value!r}")
+
+        number("lam", 0)
+        number("lr", 0, 10, strict_low=True)
+        number("score_lr", 0, 100, strict_low=True, optional=True)
+        number("momentum", 0, 1)
+        number("weight_decay", 0, 1)
+        number("epochs", 1, 10_000, integer=True)
+        number("batch_size", 1, 4096, integer=True)
+        number("resolution", 16, 1024, integer=True)
+        number("train_subset", 1, 10**8, integer=True, optional=True)
+        number("eval_subset", 1, 10**8, integer=True, optional=True)
+        number("val_fraction", 0, 0.9, strict_low=True)
+        number("penalty_warmup", 0, 1)
+        number("threshold", -10, 10)
+        number("score_init", -10, 10)
+        number("num_workers", 0, 64, integer=True)
+        number("freeze_layers", 0, integer=True, optional=True)
+        number("freeze_budget_pct", 0, 1000, optional=True)
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.penalty_mode not in ("layers", "params"):
+            raise ConfigError(f"penalty_mode must be 'layers' or 'params', got {self.penalty_mode!r}")
+        if self.weights not in ("auto", "package", "hub", "none"):
+            raise ConfigError(f"weights must be auto, package, hub or none, got {self.weights!r}")
+        return self
+
+    def taps_config(self) -> TAPSConfig:
+        return TAPSConfig(threshold=self.threshold, score_init=self.score_init, include=self.include,
+                          exclude=self.exclude, penalty_mode=self.penalty_mode)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass
+class StepEvent:
+    step: int  # global step, from 1
+    total_steps: int
+    epoch: int  # from 0
+    loss: float
+    task_loss: float
+    penalty: float
+    lam_now: float  # λ after the warm-up ramp
+    lr: float
+    scores: list[float]
+    active_layers: int
+    images_per_sec: float
+
+
+@dataclass
+class EpochEvent:
+    epoch: int
+    epochs: int
+    train_loss: float
+    train_acc: float
+    val_acc: float
+    test_acc: float
+    task_specific_layers_pct: float
+    additional_params_pct: float
+    active_layers: int
+    seconds: float
+
+
+@dataclass
+class StartEvent:
+    config: dict
+    device: str
+    layer_names: list[str]
+    layer_kinds: list[str]
+    layer_params: list[int]
+    classes: list[str]
+    train_size: int
+    val_size: int
+    test_size: int
+    total_steps: int
+    start_epoch: int
+
+
+@dataclass
+class TrainResult:
+    status: str  # done | cancelled
+    epochs_done: int
+    metrics: dict
+    layer_report: list[dict]
+    pack_path: str | None
+    history: list[dict]
+
+
+class Callback(Protocol):
+    def on_start(self, event: StartEvent) -> None: ...
+    def on_step(self, event: StepEvent) -> None: ...
+    def on_epoch(self, event: EpochEvent) -> None: ...
+
+
+def _emit(callbacks, hook: str, event) -> None:
+    for cb in callbacks:
+        fn = getattr(cb, hook, None)
+        if fn is not None:
+            fn(event)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    model = create_backbone(config.backbone, num_classes, config.weights, checkpoint=config.checkpoint)
+    return prepare_model(model, config.method, config.taps_config(),
+                         freeze_layers=config.freeze_layers, freeze_budget_pct=config.freeze_budget_pct)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with the scores in their own group: own lr, never weight decay."""
+    scores = [m.score for _, m in gated_layers(model) if m.score.requires_grad]
+    score_ids = {id(p) for p in scores}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in score_ids]
+    groups = [{"params": rest, "weight_decay": config.weight_decay, "name": "weights"}]
+    if scores:
+        groups.append({"params": scores, "weight_decay": 0.0, "name": "scores",
+                       "lr": config.score_lr or config.lr})
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+
+
+def penalty_ramp(step: int, total_steps: int, warmup: float) -> float:
+    """Fraction of λ in force at ``step``: a linear ramp over the first ``warmup`` of training,
+    so deltas learn before the penalty can switch their layers off."""
+    ramp_steps = warmup * total_steps
+    return 1.0 if ramp_steps <= 0 else min(1.0, step / ramp_steps)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype=None) -> float:
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        correct += (logits.argmax(1) == labels).sum().item()
+        total += labels.numel()
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint needs: everything trainable plus buffers (the frozen base is rebuilt)."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    scores = {f"{n}.score" for n, _ in gated_layers(model)}
+    return {k: v for k, v in model.state_dict().items()
+            if k in trainable or k in scores or k not in dict(model.named_parameters())}
+
+
+def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool = False,
+          should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
+    """Train one task. With ``resume`` and a checkpoint in ``config.out_dir`` it continues after
+    the last finished epoch and ends exactly where an uninterrupted run would (CPU, seeded).
+    ``should_stop`` is polled every step: a cooperative cancel that keeps the last checkpoint."""
+    config.validate()
+    out = Path(config.out_dir) if config.out_dir else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+
+    # The backbone's own normalisation: pretrained features expect it.
+    probe = create_backbone(config.backbone, 2, "none")
+    mean, std = input_normalization(probe)
+    del probe
+    data = load_dataset(config.dataset, resolution=config.resolution, train_subset=config.train_subset,
+                        test_subset=config.eval_subset, val_fraction=config.val_fraction, seed=config.seed,
+                        mean=mean, std=std, data_root=config.data_root, allow_download=config.allow_download)
+    model = build_model(config, len(data.classes)).to(device)
+    amp_dtype = None
+    if config.amp and device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        model = model.to(memory_format=torch.channels_last)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    optimizer = build_optimizer(model, config)
+
+    pin = device.type == "cuda"
+    eval_loader = lambda ds: DataLoader(ds, batch_size=max(config.batch_size, 64), shuffle=False,
+                                        num_workers=config.num_workers, pin_memory=pin)
+    val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
+    steps_per_epoch = max(1, len(data.train) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    weights = penalty_weights(model, config.penalty_mode).to(device) if config.method == "taps" else None
+
+    start_epoch, history = 0, []
+    ckpt_path = out / CHECKPOINT if out else None
+    if resume and ckpt_path and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if ckpt["config"] != _resume_key(config):
+            raise ConfigError(f"{ckpt_path} was written by a run with different settings; "
+                              "resume with the run's own configuration")
+        missing = set(_trainable_state(model)) - set(ckpt["model"])
+        if missing:
+            raise TrainingError(f"{ckpt_path} lacks {sorted(missing)[:3]}: not a checkpoint of this run")
+        model.load_state_dict(ckpt["model"], strict=False)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, history = ckpt["epoch"] + 1, json.loads(ckpt["history"])
+
+    layers = gated_layers(model)
+    from .stats import layer_report
+
+    report = layer_report(model)
+    _emit(callbacks, "on_start", StartEvent(
+        config=config.to_dict(), device=device_description(device),
+        layer_names=[r.name for r in report], layer_kinds=[r.kind for r in report],
+        layer_params=[r.params for r in report], classes=list(data.classes),
+        train_size=len(data.train), val_size=len(data.val), test_size=len(data.test),
+        total_steps=total_steps, start_epoch=start_epoch))
+
+    status = "done"
+    for epoch in range(start_epoch, config.epochs):
+        # Seeding per epoch makes shuffling and augmentation of epoch e independent of whether
+        # the run was resumed, so a resumed run reproduces an uninterrupted one.
+        seed_everything(config.seed * 1000 + epoch)
+        loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                            num_workers=config.num_workers, pin_memory=pin,
+                            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        set_train_mode(model)
+        t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
+        for i, (images, labels) in enumerate(loader):
+            step = epoch * steps_per_epoch + i + 1
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if amp_dtype is not None:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(images)
+                task_loss = F.cross_entropy(logits.float(), labels)
+            lam_now = config.lam * penalty_ramp(step, total_steps, config.penalty_warmup)
+            penalty = (sparsity_penalty(model, lam_now, weights=weights) if weights is not None
+                       else torch.zeros((), device=device))
+            loss = task_loss + penalty
+            if not torch.isfinite(loss):
+                kept = f"; the last good checkpoint is {ckpt_path}" if ckpt_path and ckpt_path.exists() else ""
+                raise TrainingError(f"loss became {loss.item()} at step {step} (epoch {epoch + 1}){kept}. "
+                                    f"Try a lower learning rate than {config.lr}.")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+
+            seen += labels.numel()
+            correct += (logits.argmax(1) == labels).sum().item()
+            loss_sum += task_loss.item() * labels.numel()
+            scores = torch.stack([m.score.detach() for _, m in layers]).tolist()  # one device sync
+            _emit(callbacks, "on_step", StepEvent(
+                step=step, total_steps=total_steps, epoch=epoch, loss=loss.item(),
+                task_loss=task_loss.item(), penalty=float(penalty), lam_now=lam_now,
+                lr=optimizer.param_groups[0]["lr"], scores=scores,
+                active_layers=sum(s >= m.threshold for s, (_, m) in zip(scores, layers)),
+                images_per_sec=seen / max(time.perf_counter() - t0, 1e-9)))
+            if should_stop():
+                status = "cancelled"
+                break
+        if status == "cancelled":
+            break
+        stats = summarize(model)
+        record = EpochEvent(
+            epoch=epoch, epochs=config.epochs, train_loss=loss_sum / max(seen, 1),
+            train_acc=correct / max(seen, 1), val_acc=evaluate(model, val_loader, device, amp_dtype),
+            test_acc=evaluate(model, test_loader, device, amp_dtype),
+            task_specific_layers_pct=stats.task_specific_layers_pct,
+            additional_params_pct=stats.additional_params_pct, active_layers=stats.active_layers,
+            seconds=time.perf_counter() - t0)
+        history.append(asdict(record))
+        if ckpt_path:
+            _atomic_save({"config": _resume_key(config), "epoch": epoch, "model": _trainable_state(model),
+                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "history": json.dumps(history)}, ckpt_path)
+        _emit(callbacks, "on_epoch", record)
+
+    final = history[-1] if history else {}
+    stats = summarize(model)
+    metrics = {
+        "val_acc": final.get("val_acc"), "test_acc": final.get("test_acc"),
+        "train_acc": final.get("train_acc"),
+        **{k: v for k, v in stats.to_dict().items()},
+    }
+    pack_path = None
+    if out and status == "done":
+        pack_path = str(save_pack(
+            model, out / PACK, class_names=list(data.classes), lam=config.lam, metrics=metrics,
+            extra={"method": config.method, "dataset": config.dataset, "resolution": config.resolution,
+                   "mean": list(mean), "std": list(std)}))
+    return TrainResult(status=status, epochs_done=len(history), metrics=metrics,
+                       layer_report=[r.to_dict() for r in layer_report(model)],
+                       pack_path=pack_path, history=history)
+
+
+def _resume_key(config: TrainConfig) -> str:
+    """Settings that must match for a checkpoint to be resumed (not where it lives, not the device)."""
+    key = {k: v for k, v in config.to_dict().items() if k not in ("out_dir", "device", "num_workers")}
+    return json.dumps(key, sort_keys=True)
