@@ -198,6 +198,18 @@ def _emit(callbacks, hook: str, event) -> None:
             fn(event)
 
 
+class Normalize(nn.Module):
+    """(x − mean) / std per channel, on whatever device the images are."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -230,14 +242,15 @@ def penalty_ramp(step: int, total_steps: int, warmup: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype=None) -> float:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype=None,
+             normalize: nn.Module = nn.Identity()) -> float:
     was_training = model.training
     model.eval()
     correct = total = 0
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
+            logits = model(normalize(images))
         correct += (logits.argmax(1) == labels).sum().item()
         total += labels.numel()
     model.train(was_training)
@@ -274,14 +287,15 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
     device = resolve_device(config.device)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
 
-    # The backbone's own normalisation: pretrained features expect it.
-    probe = create_backbone(config.backbone, 2, "none")
-    mean, std = input_normalization(probe)
-    del probe
+    # Images arrive in [0, 1]; the backbone's own normalisation is applied on the device, so the
+    # data pipeline does not depend on which backbone trains on it.
     data = load_dataset(config.dataset, resolution=config.resolution, train_subset=config.train_subset,
                         test_subset=config.eval_subset, val_fraction=config.val_fraction, seed=config.seed,
-                        mean=mean, std=std, data_root=config.data_root, allow_download=config.allow_download)
+                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), data_root=config.data_root,
+                        allow_download=config.allow_download)
     model = build_model(config, len(data.classes)).to(device)
+    mean, std = input_normalization(model)
+    normalize = Normalize(mean, std).to(device)
     amp_dtype = None
     if config.amp and device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -341,7 +355,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
             if amp_dtype is not None:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(images)
+                logits = model(normalize(images))
                 task_loss = F.cross_entropy(logits.float(), labels)
             lam_now = config.lam * penalty_ramp(step, total_steps, config.penalty_warmup)
             penalty = (sparsity_penalty(model, lam_now, weights=weights) if weights is not None
@@ -375,8 +389,8 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         stats = summarize(model)
         record = EpochEvent(
             epoch=epoch, epochs=config.epochs, train_loss=loss_sum / max(seen, 1),
-            train_acc=correct / max(seen, 1), val_acc=evaluate(model, val_loader, device, amp_dtype),
-            test_acc=evaluate(model, test_loader, device, amp_dtype),
+            train_acc=correct / max(seen, 1), val_acc=evaluate(model, val_loader, device, amp_dtype, normalize),
+            test_acc=evaluate(model, test_loader, device, amp_dtype, normalize),
             task_specific_layers_pct=stats.task_specific_layers_pct,
             additional_params_pct=stats.additional_params_pct, active_layers=stats.active_layers,
             seconds=time.perf_counter() - t0)
