@@ -63,6 +63,7 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 32
     penalty_warmup: float = 0.3  # fraction of training with the penalty ramping from 0 to λ
+    gate_freeze: float = 0.7  # fraction of training after which gates stop moving (1.0: never)
     threshold: float = 0.1
     score_init: float = 0.15
     penalty_mode: str = "layers"
@@ -103,6 +104,7 @@ class TrainConfig:
         number("eval_subset", 1, 10**8, integer=True, optional=True)
         number("val_fraction", 0, 0.9, strict_low=True)
         number("penalty_warmup", 0, 1)
+        number("gate_freeze", 0, 1)
         number("threshold", -10, 10)
         number("score_init", -10, 10)
         number("num_workers", 0, 64, integer=True)
@@ -309,8 +311,13 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
     val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
     steps_per_epoch = max(1, len(data.train) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
+    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    # Scores get lr 0 after gate_freeze: the last part of training adapts deltas, norms and head
+    # to the final layer choice instead of being jolted by late switch-offs.
+    freeze_at = config.gate_freeze * total_steps
+    gated_cosine = lambda step: cosine(step) if step < freeze_at else 0.0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+        optimizer, [cosine if g["name"] == "weights" else gated_cosine for g in optimizer.param_groups])
     weights = penalty_weights(model, config.penalty_mode).to(device) if config.method == "taps" else None
 
     start_epoch, history = 0, []
@@ -377,7 +384,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
             scores = torch.stack([m.score.detach() for _, m in layers]).tolist()  # one device sync
             _emit(callbacks, "on_step", StepEvent(
                 step=step, total_steps=total_steps, epoch=epoch, loss=loss.item(),
-                task_loss=task_loss.item(), penalty=float(penalty), lam_now=lam_now,
+                task_loss=task_loss.item(), penalty=penalty.item(), lam_now=lam_now,
                 lr=optimizer.param_groups[0]["lr"], scores=scores,
                 active_layers=sum(s >= m.threshold for s, (_, m) in zip(scores, layers)),
                 images_per_sec=seen / max(time.perf_counter() - t0, 1e-9)))
