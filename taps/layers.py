@@ -6,8 +6,12 @@ names. Only ``delta`` (zero-initialised) and ``score`` (one scalar) are new.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
+from timm.layers import Conv2dSame
+from timm.layers.conv2d_same import conv2d_same
 from torch import nn
 
 
@@ -76,64 +80,59 @@ class GatedLayer:
         return f"{super().extra_repr()}, taps(threshold={self.threshold}, score={self.score.item():.3f})"
 
 
-def _like(cls, layer: nn.Module, **kwargs) -> nn.Module:
-    """Build ``cls`` with ``layer``'s hyper-parameters on the meta device (no allocation)."""
-    gated = cls(**kwargs, bias=layer.bias is not None, device="meta", dtype=layer.weight.dtype)
-    gated.weight = layer.weight
-    gated.bias = layer.bias
-    gated.train(layer.training)
-    return gated
+def _retype(layer: nn.Module, cls: type) -> nn.Module:
+    """A shallow copy of ``layer`` as class ``cls``: same hyper-parameters and the same (shared)
+    weight tensors, with its own parameter dicts so adding ``delta`` leaves ``layer`` untouched.
+    Works for any layer class without knowing its constructor."""
+    new = copy.copy(layer)
+    new.__class__ = cls
+    for attr in ("_parameters", "_buffers", "_modules"):
+        new.__dict__[attr] = layer.__dict__[attr].copy()
+    return new
 
 
-class GatedConv2d(GatedLayer, nn.Conv2d):
+class _GatedBase(GatedLayer):
+    plain_type: type  # the layer class this gated class replaces
+
     @classmethod
-    def from_layer(cls, conv: nn.Conv2d, threshold: float, score_init: float) -> "GatedConv2d":
-        gated = _like(
-            cls, conv, in_channels=conv.in_channels, out_channels=conv.out_channels,
-            kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
-            dilation=conv.dilation, groups=conv.groups, padding_mode=conv.padding_mode,
-        )
+    def from_layer(cls, layer: nn.Module, threshold: float, score_init: float):
+        gated = _retype(layer, cls)
         gated._init_taps(threshold, score_init)
         return gated
+
+    def to_plain(self) -> nn.Module:
+        """The layer of the original class with w̄ + I·δ baked in."""
+        plain = _retype(self, self.plain_type)
+        del plain._parameters["delta"], plain._parameters["score"]
+        del plain.__dict__["threshold"]
+        plain.weight = nn.Parameter(self.merged_weight(), requires_grad=False)
+        return plain
+
+
+class GatedConv2d(_GatedBase, nn.Conv2d):
+    plain_type = nn.Conv2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.composed_weight(), self.bias)
 
-    def to_plain(self) -> nn.Conv2d:
-        plain = nn.Conv2d(
-            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-            self.dilation, self.groups, self.bias is not None, self.padding_mode,
-            device="meta", dtype=self.weight.dtype,
-        )
-        return _fill_plain(plain, self)
+
+class GatedConv2dSame(_GatedBase, Conv2dSame):
+    """timm's TF-style 'same'-padded convolution (TF-ported weights, e.g. EfficientNet-Lite)."""
+
+    plain_type = Conv2dSame
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv2d_same(x, self.composed_weight(), self.bias, self.stride, self.padding,
+                           self.dilation, self.groups)
 
 
-class GatedLinear(GatedLayer, nn.Linear):
-    @classmethod
-    def from_layer(cls, linear: nn.Linear, threshold: float, score_init: float) -> "GatedLinear":
-        gated = _like(cls, linear, in_features=linear.in_features, out_features=linear.out_features)
-        gated._init_taps(threshold, score_init)
-        return gated
+class GatedLinear(_GatedBase, nn.Linear):
+    plain_type = nn.Linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.composed_weight(), self.bias)
 
-    def to_plain(self) -> nn.Linear:
-        plain = nn.Linear(
-            self.in_features, self.out_features, self.bias is not None,
-            device="meta", dtype=self.weight.dtype,
-        )
-        return _fill_plain(plain, self)
 
-
-def _fill_plain(plain: nn.Module, gated: GatedLayer) -> nn.Module:
-    plain.weight = nn.Parameter(gated.merged_weight(), requires_grad=False)
-    if gated.bias is not None:
-        plain.bias = nn.Parameter(gated.bias.detach().clone(), requires_grad=False)
-    plain.train(gated.training)
-    return plain
-
-
-# Exact types only: subclasses (e.g. timm's Conv2dSame, or nn.MultiheadAttention's out_proj whose
-# weight is read directly by the attention kernel) may not route their forward through `weight`.
-GATED_TYPES: dict[type, type] = {nn.Conv2d: GatedConv2d, nn.Linear: GatedLinear}
+# Exact types only: other subclasses may not route their forward through `weight` (e.g.
+# nn.MultiheadAttention's out_proj, whose weight the attention kernel reads directly).
+GATED_TYPES: dict[type, type] = {cls.plain_type: cls for cls in (GatedConv2d, GatedConv2dSame, GatedLinear)}
