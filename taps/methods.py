@@ -79,12 +79,14 @@ def layers_for_budget(model: nn.Module, budget_pct: float | None) -> int:
     return k
 
 
-def set_train_mode(model: nn.Module, training: bool = True) -> nn.Module:
-    """model.train(), but normalisation layers with nothing to train keep their running
-    statistics frozen (eval mode), so a feature extractor really is fixed."""
+def set_train_mode(model: nn.Module, training: bool = True, freeze_norm_stats: bool = False) -> nn.Module:
+    """model.train(), but normalisation layers keep their pretrained running statistics (eval
+    mode) when they have nothing to train — a feature extractor really is fixed — or when
+    ``freeze_norm_stats``: their affine parameters still train, on the statistics the
+    pretrained features were built with."""
     model.train(training)
     if training:
         for _, norm in norm_layers(model):
-            if not any(p.requires_grad for p in norm.parameters()):
+            if freeze_norm_stats or not any(p.requires_grad for p in norm.parameters()):
                 norm.eval()
     return model

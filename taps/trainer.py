@@ -55,9 +55,9 @@ class TrainConfig:
     eval_subset: int | None = 1000
     val_fraction: float = 0.1
     method: str = "taps"
-    lam: float = 1.0
-    lr: float = 0.01
-    score_lr: float | None = None  # None: same as lr
+    lam: float = 0.3
+    lr: float = 0.003
+    score_lr: float | None = 0.01  # scores' own learning rate; None: same as lr
     momentum: float = 0.9
     weight_decay: float = 0.0
     epochs: int = 3
@@ -67,6 +67,9 @@ class TrainConfig:
     threshold: float = 0.1
     score_init: float = 0.15
     penalty_mode: str = "layers"
+    # "frozen": BatchNorm keeps its pretrained running statistics (affine still trains) — steady
+    # on short runs and small data; "adapt": statistics follow the task's batches, as in the paper.
+    norm_stats: str = "frozen"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     freeze_layers: int | None = None  # manual_freeze: trainable last-k layers
@@ -112,6 +115,8 @@ class TrainConfig:
         number("freeze_budget_pct", 0, 1000, optional=True)
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.norm_stats not in ("frozen", "adapt"):
+            raise ConfigError(f"norm_stats must be 'frozen' or 'adapt', got {self.norm_stats!r}")
         if self.penalty_mode not in ("layers", "params"):
             raise ConfigError(f"penalty_mode must be 'layers' or 'params', got {self.penalty_mode!r}")
         if self.weights not in ("auto", "package", "hub", "none"):
@@ -236,6 +241,14 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
 
 
+def mixed_precision_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bfloat16 autocast on GPUs that have it, float16 (with loss scaling) on older ones; full
+    precision on CPU, where autocast is slower than it saves."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def penalty_ramp(step: int, total_steps: int, warmup: float) -> float:
     """Fraction of λ in force at ``step``: a linear ramp over the first ``warmup`` of training,
     so deltas learn before the penalty can switch their layers off."""
@@ -298,9 +311,8 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
     model = build_model(config, len(data.classes)).to(device)
     mean, std = input_normalization(model)
     normalize = Normalize(mean, std).to(device)
-    amp_dtype = None
-    if config.amp and device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = mixed_precision_dtype(device, config.amp)
+    if amp_dtype is not None:
         model = model.to(memory_format=torch.channels_last)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     optimizer = build_optimizer(model, config)
@@ -354,7 +366,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, drop_last=True,
                             num_workers=config.num_workers, pin_memory=pin,
                             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-        set_train_mode(model)
+        set_train_mode(model, freeze_norm_stats=config.norm_stats == "frozen")
         t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
         for i, (images, labels) in enumerate(loader):
             step = epoch * steps_per_epoch + i + 1

@@ -11,7 +11,7 @@ from taps.methods import layers_for_budget, prepare_model, set_train_mode
 from tests.helpers import tiny_resnet
 
 
-def _sgd_steps(model, params, steps=3):
+def _sgd_steps(model, params, steps=3):  # noqa: D103
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
@@ -65,3 +65,13 @@ def test_manual_freeze_opens_the_last_layers_within_the_budget():
     assert layers_for_budget(budgeted, budget) == 2
     with pytest.raises(ConfigError, match="unknown method"):
         prepare_model(tiny_resnet(), "lora", taps.TAPSConfig())
+
+
+def test_frozen_norm_statistics_keep_pretrained_stats_but_train_affine():
+    model = prepare_model(tiny_resnet(), "bn_only", taps.TAPSConfig())
+    before = model.bn1.running_mean.clone(), model.bn1.weight.detach().clone()
+    _sgd_steps(set_train_mode(model, freeze_norm_stats=True), [p for p in model.parameters() if p.requires_grad], 1)
+    assert torch.equal(model.bn1.running_mean, before[0])
+    assert not torch.equal(model.bn1.weight, before[1])
+    _sgd_steps(set_train_mode(model, freeze_norm_stats=False), [p for p in model.parameters() if p.requires_grad], 1)
+    assert not torch.equal(model.bn1.running_mean, before[0])
