@@ -33,7 +33,7 @@ from .errors import ConfigError, TrainingError
 from .methods import METHODS, prepare_model, set_train_mode
 from .packs import save_pack
 from .penalty import penalty_weights, sparsity_penalty
-from .stats import summarize
+from .stats import layer_report, summarize
 
 CHECKPOINT = "checkpoint.pt"
 PACK = "task.safetensors"
@@ -283,10 +283,9 @@ def _atomic_save(obj, path: Path) -> None:
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """What a checkpoint needs: everything trainable plus buffers (the frozen base is rebuilt)."""
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    scores = {f"{n}.score" for n, _ in gated_layers(model)}
-    return {k: v for k, v in model.state_dict().items()
-            if k in trainable or k in scores or k not in dict(model.named_parameters())}
+    params = dict(model.named_parameters())
+    keep = {n for n, p in params.items() if p.requires_grad} | {f"{n}.score" for n, _ in gated_layers(model)}
+    return {k: v for k, v in model.state_dict().items() if k in keep or k not in params}
 
 
 def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool = False,
@@ -321,7 +320,9 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
     eval_loader = lambda ds: DataLoader(ds, batch_size=max(config.batch_size, 64), shuffle=False,
                                         num_workers=config.num_workers, pin_memory=pin)
     val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
-    steps_per_epoch = max(1, len(data.train) // config.batch_size)
+    # Whole batches only (BatchNorm dislikes a last batch of 1), unless the data is smaller than one.
+    drop_last = len(data.train) >= config.batch_size
+    steps_per_epoch = len(data.train) // config.batch_size if drop_last else 1
     total_steps = steps_per_epoch * config.epochs
     cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     # Scores get lr 0 after gate_freeze: the last part of training adapts deltas, norms and head
@@ -340,16 +341,16 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
             raise ConfigError(f"{ckpt_path} was written by a run with different settings; "
                               "resume with the run's own configuration")
         missing = set(_trainable_state(model)) - set(ckpt["model"])
-        if missing:
-            raise TrainingError(f"{ckpt_path} lacks {sorted(missing)[:3]}: not a checkpoint of this run")
+        unexpected = set(ckpt["model"]) - set(model.state_dict())
+        if missing or unexpected:
+            raise TrainingError(f"{ckpt_path} is not a checkpoint of this run (missing {sorted(missing)[:3]}, "
+                                f"unexpected {sorted(unexpected)[:3]})")
         model.load_state_dict(ckpt["model"], strict=False)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, history = ckpt["epoch"] + 1, json.loads(ckpt["history"])
 
     layers = gated_layers(model)
-    from .stats import layer_report
-
     report = layer_report(model)
     _emit(callbacks, "on_start", StartEvent(
         config=config.to_dict(), device=device_description(device),
@@ -363,7 +364,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         # Seeding per epoch makes shuffling and augmentation of epoch e independent of whether
         # the run was resumed, so a resumed run reproduces an uninterrupted one.
         seed_everything(config.seed * 1000 + epoch)
-        loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, drop_last=True,
+        loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, drop_last=drop_last,
                             num_workers=config.num_workers, pin_memory=pin,
                             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         set_train_mode(model, freeze_norm_stats=config.norm_stats == "frozen")
