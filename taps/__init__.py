@@ -5,20 +5,33 @@
     loss = task_loss + taps.sparsity_penalty(model, lam=0.5)
     taps.save_pack(model, "flowers.taps.safetensors")       # only what the task adds
     plain = taps.merge(model)                                # zero-overhead inference
-"""
-from .adapt import adapt, find_head, gated_layers, norm_layers, set_threshold
-from .config import TAPSConfig
-from .layers import GatedConv2d, GatedLayer, GatedLinear, hard_gate
-from .merge import merge
-from .packs import PackError, TaskPack, load_pack, read_pack, save_pack
-from .penalty import penalty_weights, sparsity_penalty
-from .stats import LayerInfo, TaskStats, decathlon_score, layer_report, parameter_multiplier, summarize
 
-__all__ = [
-    "TAPSConfig", "adapt", "find_head", "gated_layers", "norm_layers", "set_threshold",
-    "GatedLayer", "GatedConv2d", "GatedLinear", "hard_gate", "merge",
-    "PackError", "TaskPack", "save_pack", "load_pack", "read_pack",
-    "sparsity_penalty", "penalty_weights",
-    "LayerInfo", "TaskStats", "layer_report", "summarize", "parameter_multiplier", "decathlon_score",
-]
+Names are imported on first use (PEP 562), so light modules such as ``taps.errors`` can be
+imported without loading torch — the dashboard process stays small and starts fast.
+"""
+import importlib
+
+_EXPORTS = {
+    "adaptation": ["adapt", "find_head", "gated_layers", "norm_layers", "set_threshold"],
+    "config": ["TAPSConfig"],
+    "layers": ["GatedConv2d", "GatedLayer", "GatedLinear", "hard_gate"],
+    "merging": ["merge"],
+    "packs": ["PackError", "TaskPack", "load_pack", "read_pack", "save_pack"],
+    "penalty": ["penalty_weights", "sparsity_penalty"],
+    "stats": ["LayerInfo", "TaskStats", "decathlon_score", "layer_report", "parameter_multiplier", "summarize"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'taps' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from .backbones import create_backbone, resolve_device
 from .data import load_dataset
-from .merge import merge
+from .merging import merge
 from .packs import PackError, TaskPack, load_pack, read_pack
 
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .adapt import adapt, gated_layers, head_name, norm_layers
+from .adaptation import adapt, gated_layers, head_name, norm_layers
 from .config import TAPSConfig
 from .errors import ConfigError
 

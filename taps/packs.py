@@ -22,9 +22,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .adapt import adapt, gated_layers, head_name, norm_layers, replace_module
+from .adaptation import adapt, gated_layers, head_name, norm_layers, replace_module
 from .config import TAPSConfig
-from .merge import merge
+from .merging import merge
 
 PACK_FORMAT = 1
 NORM_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adapt import gated_layers
+from .adaptation import gated_layers
 from .config import PenaltyMode
 
 

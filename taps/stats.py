@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .adapt import gated_layers, head_name, norm_layers
+from .adaptation import gated_layers, head_name, norm_layers
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .adapt import gated_layers
+from .adaptation import gated_layers
 from .backbones import create_backbone, input_normalization, resolve_device, device_description
 from .config import TAPSConfig
 from .data import load_dataset

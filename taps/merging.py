@@ -5,7 +5,7 @@ import copy
 
 from torch import nn
 
-from .adapt import gated_layers, replace_module
+from .adaptation import gated_layers, replace_module
 
 
 def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
