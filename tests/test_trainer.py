@@ -182,3 +182,29 @@ def test_gpu_mixed_precision_path_runs_on_cpu(monkeypatch):
     assert mixed.status == "done"
     # bfloat16 keeps ~3 significant digits: the same run, to within that precision.
     assert mixed.history[0]["train_loss"] == pytest.approx(full.history[0]["train_loss"], rel=0.05)
+
+
+def test_cli_train_then_eval_reports_the_same_accuracy(tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "taps", "train", "--out-dir", str(out), "--epochs", "1"]
+    for key, value in TINY.items():
+        if key != "epochs":
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    trained = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    table = _cli_table(trained.stdout)
+    pack = out / "task.safetensors"
+    assert table["task pack"] == str(pack)
+    evaluated = subprocess.run([sys.executable, "-m", "taps", "eval", str(pack), "--eval-subset", "100"],
+                               capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    rows = _cli_table(evaluated.stdout)
+    assert rows["dataset"] == "fashion-mnist" and rows["split"] == "test" and rows["images"] == "100"
+    assert float(rows["accuracy"]) == pytest.approx(float(table["test accuracy"]), abs=1e-4)
+
+
+def _cli_table(stdout: str) -> dict[str, str]:
+    """The CLI's two-column table: a label, two or more spaces, a value."""
+    import re
+
+    return dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in stdout.splitlines() if "  " in line)
