@@ -345,7 +345,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         if missing or unexpected:
             raise TrainingError(f"{ckpt_path} is not a checkpoint of this run (missing {sorted(missing)[:3]}, "
                                 f"unexpected {sorted(unexpected)[:3]})")
-        model.load_state_dict(ckpt["model"], strict=False)
+        model.load_state_dict(ckpt["model"], strict=False)  # keys checked just above; the frozen base is not in it
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, history = ckpt["epoch"] + 1, json.loads(ckpt["history"])
