@@ -107,6 +107,11 @@ def _tv_models() -> tuple[str, ...]:
     return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
+def check_backbone(name: str) -> None:
+    """Raise UnknownBackboneError (with close matches) unless ``name`` can be created."""
+    _check_known(name)
+
+
 def _check_known(name: str) -> None:
     tv = _tv_name(name)
     if (tv in _tv_models()) if tv is not None else timm.is_model(name):

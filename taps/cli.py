@@ -8,7 +8,7 @@ import sys
 import time
 import typing
 
-from .errors import TAPSError
+from .errors import TAPSError, exit_code_of
 from .packs import PackError
 from .trainer import EpochEvent, StartEvent, StepEvent, TrainConfig, train
 
@@ -81,15 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--device", default="auto")
     sub.add_parser("backbones", help="list backbones and whether their weights are available offline")
     sub.add_parser("datasets", help="list datasets and whether they are on this machine")
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except (TAPSError, PackError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return exit_code_of(_run, parser.parse_args(argv), (TAPSError, PackError))
 
 
 def _run(args) -> int:

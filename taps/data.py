@@ -749,6 +749,15 @@ def load_dataset(
                       _describe(src, m, root) + (" (downloaded)" if download else ""))
 
 
+def require_dataset(name_or_path: str | os.PathLike, *, data_root: str | os.PathLike | None = None,
+                    allow_download: bool = False) -> dict:
+    """The manifest of a dataset that can be loaded here; else the error that says how to get it."""
+    m = get_manifest(name_or_path)
+    root = Path(data_root).expanduser() if data_root else default_data_root()
+    _pick_source(m, root, allow_download)
+    return m
+
+
 def _pick_source(m: dict, root: Path, allow_download: bool) -> tuple[dict, bool]:
     """The first source whose files are here; else a torchvision download if allowed."""
     src = next((s for s in m["sources"] if _available(s, m, root)), None)

@@ -29,3 +29,18 @@ class DatasetUnavailableError(TAPSError, FileNotFoundError):
 
 class TrainingError(TAPSError, RuntimeError):
     """Training cannot go on (NaN/inf loss…); the last good checkpoint is kept."""
+
+
+def exit_code_of(command, args, errors: tuple[type[BaseException], ...] = (TAPSError,)) -> int:
+    """Run a command-line ``command(args)``: bad input ends as one ``error: …`` line and exit
+    code 2, Ctrl-C as 130 — never a traceback for a mistake the user can fix."""
+    import sys
+
+    try:
+        return command(args)
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130

@@ -26,10 +26,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .adaptation import gated_layers
-from .backbones import create_backbone, input_normalization, resolve_device, device_description
+from .backbones import check_backbone, create_backbone, device_description, input_normalization, resolve_device
 from .config import TAPSConfig
-from .data import load_dataset
-from .errors import ConfigError, TrainingError
+from .data import load_dataset, require_dataset
+from .errors import ConfigError, TrainingError, WeightsUnavailableError
 from .methods import METHODS, prepare_model, set_train_mode
 from .packs import save_pack
 from .penalty import penalty_weights, sparsity_penalty
@@ -121,6 +121,18 @@ class TrainConfig:
             raise ConfigError(f"penalty_mode must be 'layers' or 'params', got {self.penalty_mode!r}")
         if self.weights not in ("auto", "package", "hub", "none"):
             raise ConfigError(f"weights must be auto, package, hub or none, got {self.weights!r}")
+        return self
+
+    def preflight(self) -> "TrainConfig":
+        """``validate`` plus what can be checked without training: the backbone is known, the
+        dataset is known and on this machine (or may be downloaded), a named checkpoint exists.
+        A launcher calls this so bad input is refused before anything is queued."""
+        self.validate()
+        check_backbone(self.backbone)
+        require_dataset(self.dataset, data_root=self.data_root, allow_download=self.allow_download)
+        if self.checkpoint is not None and not Path(self.checkpoint).expanduser().is_file():
+            raise WeightsUnavailableError(f"checkpoint file {self.checkpoint} does not exist; "
+                                          "pass the path of a local weights file, or leave it unset")
         return self
 
     def taps_config(self) -> TAPSConfig:

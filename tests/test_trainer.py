@@ -138,6 +138,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, mo
     ({"dataset": "fashion-mnst"}, UnknownDatasetError, "fashion-mnist"),
 ])
 def test_bad_settings_fail_clearly_before_training(change, error, message):
+    with pytest.raises(error, match=message):
+        TrainConfig(**{**TINY, **change}).preflight()  # what a launcher checks before queueing
     rec = Recorder()
     with pytest.raises(error, match=message):
         train(TrainConfig(**{**TINY, **change}), [rec])
@@ -145,6 +147,8 @@ def test_bad_settings_fail_clearly_before_training(change, error, message):
 
 
 def test_missing_dataset_files_say_how_to_get_them(tmp_path):
+    with pytest.raises(DatasetUnavailableError, match="(?i)how to get it"):
+        TrainConfig(**TINY, dataset="flowers102", data_root=str(tmp_path)).preflight()
     with pytest.raises(DatasetUnavailableError, match="(?i)flowers"):
         train(TrainConfig(**TINY, dataset="flowers102", data_root=str(tmp_path)))
 

@@ -1,0 +1,376 @@
+"""The launcher: runs as local background processes, queued in the run store.
+
+    launcher = Launcher(RunStore())                      # concurrency: visible GPUs, else 1
+    run_id = launcher.launch(TrainConfig(lam=0.5).to_dict(), name="λ=0.5")
+    sweep_id, run_ids = launcher.sweep(base, lams=[0.1, 1, 10], baselines=True)
+    launcher.cancel(run_id); launcher.resume(run_id)
+
+Each run is one ``python -m workbench.worker`` process in its own session (it survives the app
+and the launcher), writing its events into the store and its output into ``<run>/log.txt``.
+The queue lives in the store, not in this object: when a worker ends it starts the next queued
+runs itself (a fresh :class:`Launcher` on the same store), so queued runs proceed with no app
+open. Claiming queued runs happens under an exclusive file lock (``<root>/launcher.lock``), so
+two launchers never start the same run nor exceed the concurrency limit.
+
+Liveness: a run marked running whose process is gone (or whose pid now belongs to another
+process: the create time differs) becomes failed with "worker process disappeared"; what it
+recorded before stays, and :meth:`Launcher.resume` continues it from its last checkpoint.
+
+torch is not imported when this module is imported (validation at launch imports the trainer).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import psutil
+
+from .store import TERMINAL, RunStore, StoreError
+
+__all__ = ["Launcher", "LOCK_NAME", "CANCEL_FLAG", "DISAPPEARED", "visible_gpus"]
+
+LOCK_NAME = "launcher.lock"
+SETTINGS_NAME = "launcher.json"
+CANCEL_FLAG = "CANCEL"
+GPU_FILE = "gpu"
+LOG_NAME = "log.txt"
+DISAPPEARED = "worker process disappeared"
+BASELINES = ("finetune", "feature_extractor")
+
+
+def visible_gpus() -> list[str]:
+    """CUDA device indices this process may hand out, without importing torch:
+    ``CUDA_VISIBLE_DEVICES`` if set, else one per line of ``nvidia-smi -L``, else none."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [t.strip() for t in env.split(",") if t.strip()]
+        out = []
+        for t in ids:  # CUDA stops at the first invalid entry (e.g. -1)
+            if t.lstrip("-").isdigit() and int(t) < 0:
+                break
+            out.append(t)
+        return out
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        res = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if res.returncode != 0:
+        return []
+    n = sum(1 for line in res.stdout.splitlines() if line.strip().startswith("GPU "))
+    return [str(i) for i in range(n)]
+
+
+def _process_alive(pid: int | None, create_time: float | None) -> bool:
+    """Whether ``pid`` is a live (non-zombie) process created at ``create_time``."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(int(pid))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if create_time is not None and abs(proc.create_time() - float(create_time)) > 1.0:
+            return False  # the pid was reused by another process
+        return True
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+        return False
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+class Launcher:
+    """Starts, queues, cancels and resumes runs of one :class:`RunStore` as local processes."""
+
+    def __init__(self, store: RunStore | str | os.PathLike | None = None, max_concurrent: int | None = None):
+        self.store = store if isinstance(store, RunStore) else RunStore(store)
+        self.root = self.store.root
+        self._procs: dict[str, subprocess.Popen] = {}
+        settings = self.root / SETTINGS_NAME
+        if max_concurrent is not None:
+            if int(max_concurrent) < 1:
+                raise ValueError(f"max_concurrent must be ≥ 1, got {max_concurrent!r}")
+            self.max_concurrent = int(max_concurrent)
+            # Workers start the next queued runs with a fresh Launcher: let them use the same limit.
+            tmp = settings.with_name(settings.name + ".tmp")
+            tmp.write_text(json.dumps({"max_concurrent": self.max_concurrent}) + "\n", encoding="utf-8")
+            os.replace(tmp, settings)
+        else:
+            saved = None
+            try:
+                saved = int(json.loads(settings.read_text(encoding="utf-8"))["max_concurrent"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            self.max_concurrent = saved if saved and saved >= 1 else max(1, len(visible_gpus()))
+
+    def __repr__(self) -> str:
+        return f"Launcher({str(self.root)!r}, max_concurrent={self.max_concurrent})"
+
+    # ----------------------------------------------------------------- locking
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Exclusive across processes: reaping and claiming queued runs happen under it."""
+        with open(self.root / LOCK_NAME, "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    # ----------------------------------------------------------------- validation
+    @staticmethod
+    def validate(config: dict):
+        """The trainer's own checks, plus: the backbone is known and the dataset is known and on
+        this machine (or may be downloaded). Raises the taps error that says what is wrong."""
+        from taps.trainer import TrainConfig  # imports torch: only when someone launches
+
+        if hasattr(config, "to_dict"):
+            config = config.to_dict()
+        return TrainConfig.from_dict(dict(config)).preflight()
+
+    # ----------------------------------------------------------------- launching
+    def launch(self, config: dict, *, name: str | None = None, sweep: str | None = None) -> str:
+        """Validate ``config`` (nothing is queued if it is bad), queue a run, start what fits."""
+        cfg = self.validate(config)
+        run_id = self.store.create_run(cfg.to_dict(), name=name, sweep=sweep)
+        self.schedule()
+        return run_id
+
+    def sweep(self, base_config: dict, lams: Iterable[float], lrs: Iterable[float] | None = None,
+              datasets: Iterable[str] | None = None, baselines: bool = False,
+              name: str | None = None) -> tuple[str, list[str]]:
+        """A grid of TAPS runs λ × lr × dataset (plus, with ``baselines``, 'finetune' and
+        'feature_extractor' per dataset and lr), all in one sweep. Every config is validated
+        before any run is queued. Returns (sweep_id, run_ids)."""
+        from taps.trainer import TrainConfig
+
+        base = base_config.to_dict() if hasattr(base_config, "to_dict") else dict(base_config)
+        defaults = TrainConfig.from_dict(base)
+        lams = list(lams)
+        if not lams:
+            raise ValueError("a sweep needs at least one λ")
+        lrs = list(lrs) if lrs else [defaults.lr]
+        datasets = list(datasets) if datasets else [defaults.dataset]
+        plan: list[tuple[dict, str]] = []
+        for ds in datasets:
+            for lr in lrs:
+                for lam in lams:
+                    cfg = dict(base, dataset=ds, lr=lr, lam=lam, method="taps")
+                    plan.append((cfg, _run_name("taps", ds, lr, lam, datasets, lrs)))
+                if baselines:
+                    for method in BASELINES:
+                        cfg = dict(base, dataset=ds, lr=lr, method=method)
+                        plan.append((cfg, _run_name(method, ds, lr, None, datasets, lrs)))
+        checked = [(self.validate(cfg).to_dict(), run_name) for cfg, run_name in plan]
+        sweep_id = name or f"sweep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.urandom(2).hex()}"
+        run_ids = [self.store.create_run(cfg, name=run_name, sweep=sweep_id) for cfg, run_name in checked]
+        self.schedule()
+        return sweep_id, run_ids
+
+    # ----------------------------------------------------------------- the queue
+    def reap(self) -> list[str]:
+        """Runs marked running whose worker is gone become failed ("worker process
+        disappeared"). Returns their ids."""
+        with self._lock():
+            return self._reap_locked()
+
+    def _poll_children(self) -> None:
+        for run_id, proc in list(self._procs.items()):
+            if proc.poll() is not None:  # collects the exit status: no zombie stays behind
+                del self._procs[run_id]
+
+    def _reap_locked(self) -> list[str]:
+        self._poll_children()
+        host = socket.gethostname()
+        reaped = []
+        for run in self.store.list_runs(status="running"):
+            if run.get("host") and run["host"] != host:
+                continue  # another machine's process: not ours to judge
+            if _process_alive(run.get("pid"), run.get("pid_create_time")):
+                continue
+            try:
+                self.store.finish(run["id"], "failed", error=DISAPPEARED)
+                reaped.append(run["id"])
+            except StoreError:
+                pass  # it finished meanwhile
+        return reaped
+
+    def schedule(self) -> list[str]:
+        """Reap dead workers, then start queued runs (oldest first) while fewer than
+        ``max_concurrent`` run. Returns the ids started."""
+        started = []
+        with self._lock():
+            self._reap_locked()
+            running = self.store.list_runs(status="running")
+            queued = sorted(self.store.list_runs(status="queued"), key=lambda r: r["created_at"])
+            gpus = visible_gpus()
+            busy = {self._gpu_of(r["id"]) for r in running}
+            slots = self.max_concurrent - len(running)
+            for run in queued:
+                if slots <= 0:
+                    break
+                gpu = next((g for g in gpus if g not in busy), None) if gpus else None
+                if gpus and gpu is None:
+                    break
+                self._start(run["id"], gpu)
+                started.append(run["id"])
+                if gpu is not None:
+                    busy.add(gpu)
+                slots -= 1
+        return started
+
+    def _gpu_of(self, run_id: str) -> str | None:
+        try:
+            return (self.store.run_dir(run_id) / GPU_FILE).read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
+
+    def _start(self, run_id: str, gpu: str | None) -> None:
+        """Start the worker of a queued run and claim it (running, with its pid) at once, so no
+        other launcher starts it too. Called under the lock."""
+        folder = self.store.run_dir(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            (folder / CANCEL_FLAG).unlink()
+        env = dict(os.environ)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+            (folder / GPU_FILE).write_text(gpu + "\n", encoding="utf-8")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (folder / GPU_FILE).unlink()
+        # The worker must find the workbench and taps packages wherever it is started from.
+        project = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = project + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(folder / LOG_NAME, "ab") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting worker"
+                      f"{' on GPU ' + gpu if gpu is not None else ''}\n".encode())
+            log.flush()
+            proc = subprocess.Popen([sys.executable, "-m", "workbench.worker", "--store", str(self.root),
+                                     "--run", run_id], start_new_session=True, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, env=env)
+        self._procs[run_id] = proc
+        try:
+            self.store.mark_running(run_id, proc.pid, _create_time(proc.pid), socket.gethostname())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise
+
+    # ----------------------------------------------------------------- control
+    def cancel(self, run_id: str, grace_s: float = 10.0) -> str:
+        """Cancel a run. Queued: cancelled now. Running: a CANCEL flag and SIGTERM ask the worker
+        to stop after its current step (it keeps its last checkpoint and records 'cancelled');
+        after ``grace_s`` the process group is killed and the run marked cancelled. Returns the
+        run's status afterwards."""
+        with self._lock():
+            run = self._require(run_id)
+            if run["status"] == "queued":
+                self.store.finish(run_id, "cancelled")
+                return "cancelled"
+            if run["status"] != "running":
+                return run["status"]
+            folder = self.store.run_dir(run_id)
+            (folder / CANCEL_FLAG).write_text("cancel\n", encoding="utf-8")
+        pid = run.get("pid")
+        alive = _process_alive(pid, run.get("pid_create_time"))
+        if alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + max(0.0, float(grace_s))
+        while alive and time.monotonic() < deadline:  # the worker records 'cancelled' and exits
+            self._poll_children()
+            if not _process_alive(pid, run.get("pid_create_time")):
+                break
+            time.sleep(0.1)
+        if _process_alive(pid, run.get("pid_create_time")):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            for _ in range(50):
+                self._poll_children()
+                if not _process_alive(pid, run.get("pid_create_time")):
+                    break
+                time.sleep(0.1)
+        if self.store.get_run(run_id)["status"] == "running":
+            with contextlib.suppress(StoreError):
+                self.store.finish(run_id, "cancelled")
+        status = self.store.get_run(run_id)["status"]
+        self.schedule()
+        return status
+
+    def resume(self, run_id: str) -> str:
+        """Queue a failed or cancelled run again; its worker continues from the last checkpoint.
+        Returns its status after scheduling (queued or running)."""
+        run = self._require(run_id)
+        if run["status"] not in ("failed", "cancelled"):
+            raise StoreError(f"run {run_id} is {run['status']}; only failed or cancelled runs can be resumed")
+        with contextlib.suppress(FileNotFoundError):
+            (self.store.run_dir(run_id) / CANCEL_FLAG).unlink()
+        self.store.set_status(run_id, "queued")
+        self.schedule()
+        return self.store.get_run(run_id)["status"]
+
+    def _require(self, run_id: str) -> dict:
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise StoreError(f"no run {run_id!r} in the run store {self.root}")
+        return run
+
+    # ----------------------------------------------------------------- reading (reap first)
+    def list_runs(self, status=None, sweep: str | None = None, limit: int | None = None) -> list[dict]:
+        self.reap()
+        return self.store.list_runs(status=status, sweep=sweep, limit=limit)
+
+    def get(self, run_id: str) -> dict | None:
+        self.reap()
+        return self.store.get_run(run_id)
+
+    def events_since(self, run_id: str, after_step: int = 0, limit: int | None = None, *,
+                     with_scores: bool = False) -> list[dict]:
+        self.reap()
+        return self.store.steps_since(run_id, after_step, limit, with_scores=with_scores)
+
+    def frontier(self, sweep: str | None = None) -> list[dict]:
+        self.reap()
+        return self.store.frontier(sweep)
+
+    def wait(self, run_ids: str | Iterable[str], timeout: float = 600.0, poll_s: float = 0.25) -> dict[str, str]:
+        """Poll (scheduling and reaping as it goes) until every run is final; returns
+        {run_id: status}. Raises TimeoutError with the statuses if ``timeout`` passes first."""
+        ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.schedule()
+            statuses = {i: self._require(i)["status"] for i in ids}
+            if all(s in TERMINAL for s in statuses.values()):
+                self._poll_children()
+                return statuses
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"runs not finished after {timeout:g} s: {statuses}")
+            time.sleep(poll_s)
+
+
+def _run_name(method: str, dataset: str, lr: float, lam: float | None, datasets: list, lrs: list) -> str:
+    parts = [method if lam is None else f"taps λ={lam:g}"]
+    if len(lrs) > 1:
+        parts.append(f"lr={lr:g}")
+    if len(datasets) > 1:
+        parts.append(str(dataset))
+    return " ".join(parts)
