@@ -51,11 +51,17 @@ def build_parser(with_config: bool = True) -> argparse.ArgumentParser:
     if with_config:  # the training flags need the trainer (torch): only built when used
         from taps.cli import _add_config_arguments as add_config
 
-    p = sub.add_parser("launch", parents=[common], help="queue one training run")
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("--backend", choices=["local", "ray"], default="local",
+                         help="local processes (default), or Ray tasks (pip install .[cluster]); "
+                              "with ray the command waits for its runs, which report into the store live")
+    cluster.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+
+    p = sub.add_parser("launch", parents=[common, cluster], help="queue one training run")
     p.add_argument("--name", default=None, help="a label for the run")
     if add_config:
         add_config(p)
-    p = sub.add_parser("sweep", parents=[common], help="queue a grid of runs λ × lr × dataset")
+    p = sub.add_parser("sweep", parents=[common, cluster], help="queue a grid of runs λ × lr × dataset")
     p.add_argument("--lams", type=float, nargs="+", required=True)
     p.add_argument("--lrs", type=float, nargs="+", default=None)
     p.add_argument("--datasets", nargs="+", default=None)
@@ -102,16 +108,25 @@ def _run(args) -> int:
     from .launcher import Launcher
 
     store = RunStore(args.runs_dir)
-    launcher = Launcher(store)
+    if getattr(args, "backend", "local") == "ray":
+        from .ray_backend import RayLauncher
+
+        launcher = RayLauncher(store, address=args.address)
+    else:
+        launcher = Launcher(store)
     if args.command == "launch":
-        run_id = launcher.launch(_config_from(args), name=args.name)
-        print(run_id)
+        run_ids = [launcher.launch(_config_from(args), name=args.name)]
+        print(run_ids[0])
     elif args.command == "sweep":
         sweep_id, run_ids = launcher.sweep(_config_from(args), args.lams, args.lrs, args.datasets,
                                            baselines=args.baselines, name=args.name)
         print(f"sweep {sweep_id}: {len(run_ids)} runs")
         for r in run_ids:
             print(r)
+    if args.command in ("launch", "sweep") and launcher.backend == "ray":
+        # The store's writer actor lives with this process: stay until the cluster runs end.
+        for run_id, status in launcher.wait(run_ids, timeout=float("inf")).items():
+            print(f"{run_id}: {status}")
     elif args.command == "list":
         runs = launcher.list_runs(status=args.status, sweep=args.sweep, limit=args.limit)
         rows = []

@@ -98,6 +98,8 @@ def _create_time(pid: int) -> float | None:
 class Launcher:
     """Starts, queues, cancels and resumes runs of one :class:`RunStore` as local processes."""
 
+    backend = "local"  # the runs this launcher starts; others (e.g. Ray's) are left alone
+
     def __init__(self, store: RunStore | str | os.PathLike | None = None, max_concurrent: int | None = None):
         self.store = store if isinstance(store, RunStore) else RunStore(store)
         self.root = self.store.root
@@ -148,7 +150,7 @@ class Launcher:
     def launch(self, config: dict, *, name: str | None = None, sweep: str | None = None) -> str:
         """Validate ``config`` (nothing is queued if it is bad), queue a run, start what fits."""
         cfg = self.validate(config)
-        run_id = self.store.create_run(cfg.to_dict(), name=name, sweep=sweep)
+        run_id = self.store.create_run(cfg.to_dict(), name=name, sweep=sweep, backend=self.backend)
         self.schedule()
         return run_id
 
@@ -179,7 +181,8 @@ class Launcher:
                         plan.append((cfg, _run_name(method, ds, lr, None, datasets, lrs)))
         checked = [(self.validate(cfg).to_dict(), run_name) for cfg, run_name in plan]
         sweep_id = name or f"sweep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.urandom(2).hex()}"
-        run_ids = [self.store.create_run(cfg, name=run_name, sweep=sweep_id) for cfg, run_name in checked]
+        run_ids = [self.store.create_run(cfg, name=run_name, sweep=sweep_id, backend=self.backend)
+                   for cfg, run_name in checked]
         self.schedule()
         return sweep_id, run_ids
 
@@ -218,7 +221,8 @@ class Launcher:
         with self._lock():
             self._reap_locked()
             running = self.store.list_runs(status="running")
-            queued = sorted(self.store.list_runs(status="queued"), key=lambda r: r["created_at"])
+            queued = sorted((r for r in self.store.list_runs(status="queued")
+                             if (r.get("backend") or "local") == "local"), key=lambda r: r["created_at"])
             gpus = visible_gpus()
             busy = {self._gpu_of(r["id"]) for r in running}
             slots = self.max_concurrent - len(running)
