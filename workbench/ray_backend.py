@@ -60,7 +60,8 @@ def train_on_ray(writer, run_id: str, config: dict) -> str:
     from taps.backbones import device_description, resolve_device
     from taps.trainer import TrainConfig, train
 
-    from .worker import _create_time, _error_message
+    from .launcher import _create_time
+    from .worker import _error_message
 
     store, recorder = _RemoteStore(writer), None
     with tempfile.TemporaryDirectory(prefix=f"taps-{run_id}-") as out:

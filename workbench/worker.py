@@ -27,6 +27,7 @@ import sys
 import time
 import traceback
 
+from .launcher import _create_time, _process_alive
 from .store import RunStore, StoreRecorder, StoreError
 
 CANCEL_FLAG = "CANCEL"
@@ -58,15 +59,6 @@ def _error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _create_time(pid: int) -> float | None:
-    try:
-        import psutil
-
-        return psutil.Process(pid).create_time()
-    except Exception:
-        return None
-
-
 def run(store: RunStore, run_id: str) -> int:
     """Train run ``run_id`` of ``store`` in this process; returns the exit code."""
     run_row = store.get_run(run_id)
@@ -76,8 +68,6 @@ def run(store: RunStore, run_id: str) -> int:
     me = os.getpid()
     status = run_row["status"]
     if status == "running" and run_row.get("pid") not in (None, me):
-        from .launcher import _process_alive
-
         if _process_alive(run_row.get("pid"), run_row.get("pid_create_time")):
             print(f"worker: run {run_id} is already run by process {run_row['pid']}", file=sys.stderr)
             return 0
