@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from .adaptation import adapt, gated_layers, head_name, norm_layers, replace_module
 from .config import TAPSConfig
+from .fileio import atomic_write
 from .merging import merge
 
 PACK_FORMAT = 1
@@ -92,8 +93,8 @@ def pack_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_pack(model: nn.Module, path: str | os.PathLike, *, class_names: list[str] | None = None,
               lam: float | None = None, metrics: dict | None = None, extra: dict | None = None) -> Path:
-    """Write the task pack of an adapted model. Written to a temporary file, then renamed, so an
-    interrupted save never leaves a half-written pack behind."""
+    """Write the task pack of an adapted model; an interrupted save never leaves a half-written
+    pack behind (the previous one stays valid)."""
     layers = gated_layers(model)
     if not layers:
         raise PackError("model has no gated layers; adapt and train it first")
@@ -113,14 +114,8 @@ def save_pack(model: nn.Module, path: str | os.PathLike, *, class_names: list[st
         "metrics": metrics or {},
         "extra": extra or {},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"taps": json.dumps(meta, separators=(",", ":"))})
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    payload = save(tensors, metadata={"taps": json.dumps(meta, separators=(",", ":"))})
+    return atomic_write(path, lambda fh: fh.write(payload))
 
 
 def read_pack(path: str | os.PathLike) -> TaskPack:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from .backbones import check_backbone, create_backbone, device_description, inpu
 from .config import TAPSConfig
 from .data import load_dataset, require_dataset
 from .errors import ConfigError, TrainingError, WeightsUnavailableError
+from .fileio import atomic_write
 from .methods import METHODS, prepare_model, set_train_mode
 from .packs import save_pack
 from .penalty import penalty_weights, sparsity_penalty
@@ -284,15 +284,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dty
     return correct / max(total, 1)
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """What a checkpoint needs: everything trainable plus buffers (the frozen base is rebuilt)."""
     params = dict(model.named_parameters())
@@ -428,9 +419,10 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
             seconds=time.perf_counter() - t0)
         history.append(asdict(record))
         if ckpt_path:
-            _atomic_save({"config": _resume_key(config), "epoch": epoch, "model": _trainable_state(model),
-                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "history": json.dumps(history)}, ckpt_path)
+            state = {"config": _resume_key(config), "epoch": epoch, "model": _trainable_state(model),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "history": json.dumps(history)}
+            atomic_write(ckpt_path, lambda fh: torch.save(state, fh))
         _emit(callbacks, "on_epoch", record)
 
     final = history[-1] if history else {}

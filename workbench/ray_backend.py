@@ -37,12 +37,9 @@ class StoreWriter:
 
     def put_file(self, run_id: str, name: str, data: bytes) -> str:
         """Write a worker's file (its task pack) into the run's folder, atomically."""
-        path = self.store.run_dir(run_id) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        return str(path)
+        from taps.fileio import atomic_write
+
+        return str(atomic_write(self.store.run_dir(run_id) / name, lambda fh: fh.write(data)))
 
 
 class _RemoteStore:
