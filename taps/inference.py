@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .backbones import create_backbone, resolve_device
+from .backbones import create_backbone, input_normalization, resolve_device
 from .data import load_dataset
 from .merging import merge
 from .packs import PackError, TaskPack, load_pack, read_pack
+from .trainer import Normalize, evaluate
 
 
 def load_task_model(pack_path: str | Path, *, weights: str = "auto", checkpoint: str | None = None,
@@ -35,19 +35,15 @@ def evaluate_pack(pack_path: str | Path, dataset: str | None = None, *, split: s
     dataset = dataset or extra.get("dataset")
     if not dataset:
         raise PackError(f"{pack_path}: the pack does not name its dataset; pass one")
+    # The trainer's own path: images in [0, 1], the backbone's normalisation on the device.
     data = load_dataset(dataset, resolution=int(extra.get("resolution", 224)), test_subset=eval_subset,
-                        mean=tuple(extra.get("mean", (0.485, 0.456, 0.406))),
-                        std=tuple(extra.get("std", (0.229, 0.224, 0.225))), augment=False,
-                        data_root=data_root)
+                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), augment=False, data_root=data_root)
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     if len(data.classes) != pack.num_classes:
         raise PackError(f"{pack_path} has {pack.num_classes} classes, {dataset} has {len(data.classes)}")
     dev = resolve_device(device)
-    model.to(dev)
-    correct = total = 0
-    with torch.no_grad():
-        for images, labels in DataLoader(getattr(data, split), batch_size=batch_size):
-            correct += (model(images.to(dev)).argmax(1).cpu() == labels).sum().item()
-            total += labels.numel()
-    return {"dataset": dataset, "split": split, "images": total, "accuracy": correct / max(total, 1)}
+    images = getattr(data, split)
+    accuracy = evaluate(model.to(dev), DataLoader(images, batch_size=batch_size), dev,
+                        normalize=Normalize(*input_normalization(model)).to(dev))
+    return {"dataset": dataset, "split": split, "images": len(images), "accuracy": accuracy}
