@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import io
 import importlib.util
 import logging
 import os
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as nnf
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import RandomResizedCrop, v2
 from torchvision.transforms.v2 import functional as TF
@@ -444,6 +445,29 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+MAX_UPLOAD_PIXELS = 40_000_000  # well above any photo; far below a decompression bomb
+
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_UPLOAD_PIXELS) -> Image.Image:
+    """Bytes from elsewhere (an upload) → an RGB image, refusing what is not an image or is too
+    large *before* decoding pixels (the header says the size). Raises ConfigError saying why."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ConfigError(f"the image is {width}×{height} pixels; at most {max_pixels:,} are accepted")
+            img.draft(None, (1024, 1024))  # JPEG: decode no larger than needed
+            return _to_rgb(img)
+    except ConfigError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ConfigError("not an image in a format Pillow reads (PNG, JPEG, WebP, BMP, GIF, TIFF…)") from e
+    except Image.DecompressionBombError as e:
+        raise ConfigError(f"the image is too large to decode safely ({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+        raise ConfigError(f"the image data is damaged ({type(e).__name__}: {e})") from e
+
+
 class _FileReader:
     def __init__(self, paths: list[str]):
         self.paths = paths
@@ -747,6 +771,19 @@ def load_dataset(
               for role, (pool, pos) in plan.items()}
     return DataSplits(splits["train"], splits["val"], splits["test"], list(classes), m["name"], m,
                       _describe(src, m, root) + (" (downloaded)" if download else ""))
+
+
+def eval_transform(name_or_path: str | os.PathLike, resolution: int | None = None, *,
+                   mean: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                   std: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+    """The dataset's evaluation preprocessing for one PIL image of any mode → float 3×R×R:
+    what the test split applies, so an image from elsewhere (an upload) is seen the same way.
+    The default mean/std leave pixels in [0, 1], as the trainer feeds its models."""
+    m = get_manifest(name_or_path)
+    size = m["input"]["size"] if resolution is None else int(resolution)
+    geometry = _pil_geometry(size, m["augment"], ())
+    norm = _Normalise(mean, std)
+    return lambda img: _PILTransform(geometry, norm)(_to_rgb(img))
 
 
 def require_dataset(name_or_path: str | os.PathLike, *, data_root: str | os.PathLike | None = None,

@@ -432,3 +432,40 @@ def test_torchvision_photo_source_decodes_lazily(tmp_path):
     assert (len(s.train), len(s.val), len(s.test)) == (6, 2, 4)   # official val is used
     x, y = s.train[4]
     assert x.shape == (3, 32, 32) and y == 1 and isinstance(s.train, data.ImageFiles)
+
+
+# ----------------------------------------------------------------------------- single images (uploads)
+
+def test_eval_transform_of_a_file_equals_the_test_split(mixed_folder):
+    split = load_dataset(mixed_folder, resolution=24, mean=(0, 0, 0), std=(1, 1, 1))
+    transform = data.eval_transform(mixed_folder, 24)
+    for k in range(len(split.test)):
+        path = split.test.reader.name(int(split.test.indices[k]))
+        with Image.open(path) as img:
+            torch.testing.assert_close(transform(img), split.test[k][0])
+
+
+def test_eval_transform_matches_the_in_memory_fashion_mnist_path():
+    split = load_dataset("fashion-mnist", resolution=64, test_subset=10, mean=(0, 0, 0), std=(1, 1, 1))
+    raw = load_dataset("fashion-mnist", resolution=28, test_subset=10, mean=(0, 0, 0), std=(1, 1, 1))
+    transform = data.eval_transform("fashion-mnist", 64)
+    for k in range(10):
+        img = Image.fromarray((raw.test[k][0][0].numpy() * 255).round().astype(np.uint8))
+        # PIL's and torch's antialiased bilinear resizes differ by rounding only.
+        assert (transform(img) - split.test[k][0]).abs().max() < 3 / 255
+
+
+def test_decode_image_accepts_any_mode_and_refuses_what_is_not_an_image():
+    for mode in ("L", "RGBA", "P", "RGB"):
+        buf = io.BytesIO()
+        Image.new(mode, (30, 20)).save(buf, format="PNG")
+        img = data.decode_image(buf.getvalue())
+        assert (img.mode, img.size) == ("RGB", (30, 20))
+    jpeg = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(jpeg, format="JPEG")
+    with pytest.raises(ConfigError, match="not an image in a format Pillow reads"):
+        data.decode_image(b"%PDF-1.4 not pixels")
+    with pytest.raises(ConfigError, match="image data is damaged"):
+        data.decode_image(jpeg.getvalue()[:300])
+    with pytest.raises(ConfigError, match=r"64×64 pixels; at most 1,000"):  # refused from the header
+        data.decode_image(jpeg.getvalue(), max_pixels=1000)

@@ -1,4 +1,5 @@
 """The trainer on real offline data: events, packs, resume, cancel and clear errors."""
+import io
 import json
 import math
 import os
@@ -55,6 +56,34 @@ def test_events_metrics_and_pack_agree(tmp_path):
     meta = taps.read_pack(result.pack_path).metadata
     assert meta["backbone"] == "efficientnet_lite0" and meta["lam"] == 1.0
     assert meta["class_names"][0] == "T-shirt/top" and meta["extra"]["method"] == "taps"
+
+
+def test_classify_an_image_file_as_the_test_split_does(tmp_path):
+    """An image from outside (an upload) goes through the same preprocessing as the test split:
+    classify() on PNG files gives the probabilities of the evaluation path on the same images."""
+    from taps.data import decode_image, load_dataset
+    from taps.inference import classify, load_task_model
+    from taps.trainer import Normalize
+    from taps.backbones import input_normalization
+
+    result = train(TrainConfig(**{**TINY, "epochs": 1}, out_dir=str(tmp_path)))
+    model, pack = load_task_model(result.pack_path)
+    raw = load_dataset("fashion-mnist", resolution=28, test_subset=20, mean=(0, 0, 0), std=(1, 1, 1))
+    test = load_dataset("fashion-mnist", resolution=32, test_subset=20, mean=(0, 0, 0), std=(1, 1, 1)).test
+    images = []
+    for k in range(8):
+        buf = io.BytesIO()
+        Image.fromarray((raw.test[k][0][0].numpy() * 255).round().astype(np.uint8)).save(buf, format="PNG")
+        images.append(decode_image(buf.getvalue()))
+    top = classify(model, pack, images, top_k=3)
+    with torch.no_grad():
+        x = torch.stack([test[k][0] for k in range(8)])
+        probs = model(Normalize(*input_normalization(model))(x)).softmax(1)
+    names = pack.metadata["class_names"]
+    for k in range(8):
+        assert len(top[k]) == 3 and top[k][0][1] >= top[k][1][1] >= top[k][2][1]
+        assert top[k][0][0] == names[int(probs[k].argmax())]
+        assert top[k][0][1] == pytest.approx(float(probs[k].max()), abs=0.02)  # resize rounding only
 
 
 def test_seeded_cpu_runs_are_deterministic():
