@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -37,7 +38,7 @@ import psutil
 
 from .store import TERMINAL, RunStore, StoreError
 
-__all__ = ["Launcher", "LOCK_NAME", "CANCEL_FLAG", "DISAPPEARED", "visible_gpus"]
+__all__ = ["Launcher", "LOCK_NAME", "CANCEL_FLAG", "DISAPPEARED", "visible_gpus", "device_summary"]
 
 LOCK_NAME = "launcher.lock"
 SETTINGS_NAME = "launcher.json"
@@ -71,6 +72,30 @@ def visible_gpus() -> list[str]:
         return []
     n = sum(1 for line in res.stdout.splitlines() if line.strip().startswith("GPU "))
     return [str(i) for i in range(n)]
+
+
+def device_summary() -> str:
+    """Where runs will train, in words, without importing torch (the dashboard shows this):
+    the visible GPUs' names, else the CPU and its cores."""
+    gpus = visible_gpus()
+    if gpus:
+        names = []
+        exe = shutil.which("nvidia-smi")
+        if exe is not None:
+            try:
+                res = subprocess.run([exe, "--query-gpu=index,name", "--format=csv,noheader"],
+                                     capture_output=True, text=True, timeout=10)
+                found = dict(line.split(", ", 1) for line in res.stdout.splitlines() if ", " in line)
+                names = [found.get(g, f"GPU {g}") for g in gpus]
+            except (OSError, subprocess.SubprocessError, ValueError):
+                pass
+        names = names or [f"GPU {g}" for g in gpus]
+        distinct = list(dict.fromkeys(names))
+        return f"{len(gpus)} × {distinct[0]}" if len(distinct) == 1 else ", ".join(names)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return f"Apple GPU (mps), {cores} CPU cores"
+    return f"CPU ({cores} cores)"
 
 
 def _process_alive(pid: int | None, create_time: float | None) -> bool:

@@ -1,0 +1,214 @@
+"""What the app and the notebooks show about runs, as plain data read from the run store.
+
+No Streamlit and no torch here: a page (or a notebook cell) calls these and draws the result
+with :mod:`workbench.figures`, so both show the same numbers.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .store import TERMINAL, RunStore
+
+__all__ = [
+    "run_rows", "RunProgress", "run_progress", "final_scores", "layer_patterns", "layer_report_rows",
+    "estimate_seconds", "pack_rows", "format_duration", "run_label",
+]
+
+BYTES_PER_PARAM = 4  # float32 checkpoints
+# CPU seconds per training image at 64 px for EfficientNet-Lite0, training and evaluation included
+# (measured on the 2-core reference machine: 3 epochs × 2,000 images ≈ 60 s). Used to estimate a
+# run's time until the store has a finished run of the same kind to measure from.
+PRIOR_SECONDS_PER_IMAGE = 0.01
+PRIOR_RESOLUTION = 64
+PRIOR_PARAMS_M = 4.65
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds:
+        return "–"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def run_label(run: dict) -> str:
+    """A short human name: the run's name, else method and λ."""
+    if run.get("name"):
+        return run["name"]
+    method = run.get("method") or "run"
+    return f"{method} λ={run['lam']:g}" if method == "taps" and run.get("lam") is not None else method
+
+
+def _progress_fraction(run: dict) -> float:
+    if run.get("status") == "done":
+        return 1.0
+    total = run.get("total_steps") or 0
+    return min(1.0, (run.get("last_step") or 0) / total) if total else 0.0
+
+
+def run_rows(runs: Iterable[dict]) -> list[dict]:
+    """One flat row per run for a table: what a user scans a list of runs for."""
+    rows = []
+    for r in runs:
+        m = r.get("metrics") or {}
+        rows.append({
+            "id": r["id"], "name": run_label(r), "status": r["status"], "progress": _progress_fraction(r),
+            "method": r.get("method"), "dataset": r.get("dataset"), "backbone": r.get("backbone"),
+            "λ": r.get("lam") if r.get("method") == "taps" else None, "lr": r.get("lr"),
+            "test acc": m.get("test_acc"), "% task-specific layers": m.get("task_specific_layers_pct"),
+            "% additional params": m.get("additional_params_pct"), "sweep": r.get("sweep"),
+            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
+            "error": r.get("error"),
+        })
+    return rows
+
+
+@dataclass
+class RunProgress:
+    fraction: float  # 0..1 of the training steps
+    step: int
+    total_steps: int | None
+    eta_s: float | None  # seconds left, None when unknown
+    elapsed_s: float | None
+    text: str
+
+
+def run_progress(run: dict, recent_steps: Sequence[dict] = (), epochs: Sequence[dict] = (),
+                 now: float | None = None) -> RunProgress:
+    """Where a run is and, while it trains, when it should end. The rate comes from the finished
+    epochs (evaluation included) when there are any, else from the recent steps' timestamps."""
+    now = time.time() if now is None else now
+    step, total = run.get("last_step") or 0, run.get("total_steps")
+    fraction = _progress_fraction(run)
+    started, finished = run.get("started_at"), run.get("finished_at")
+    elapsed = ((finished or now) - started) if started else None
+    eta = None
+    if run.get("status") == "running" and total:
+        left = max(0, total - step)
+        per_step = None
+        done_steps = total / max(1, run.get("epochs") or 1) * len(epochs)
+        if epochs and done_steps:
+            per_step = sum(e.get("seconds") or 0 for e in epochs) / done_steps
+        elif len(recent_steps) >= 2:
+            t0, t1 = recent_steps[0].get("t"), recent_steps[-1].get("t")
+            n = recent_steps[-1]["step"] - recent_steps[0]["step"]
+            if t0 and t1 and t1 > t0 and n > 0:
+                per_step = (t1 - t0) / n
+        eta = left * per_step if per_step is not None else None
+    status = run.get("status")
+    if status == "running":
+        text = f"step {step} / {total or '?'}"
+        if eta is not None:
+            text += f" · about {format_duration(eta)} left"
+    elif status == "queued":
+        text = "queued: starts when a slot is free"
+    else:
+        text = f"{status} after {format_duration(elapsed)}" if elapsed is not None else str(status)
+    return RunProgress(fraction, step, total, eta, elapsed, text)
+
+
+def final_scores(store: RunStore, run_id: str) -> list[float] | None:
+    """The run's gate scores at its last recorded step (None before the first step)."""
+    _, matrix = store.scores_matrix(run_id, limit=1)
+    return matrix[-1] if matrix else None
+
+
+def _threshold(run: dict) -> float:
+    return float((run.get("config") or {}).get("threshold", 0.1))
+
+
+def layer_report_rows(run: dict, scores: Sequence[float] | None) -> list[dict]:
+    """The final per-layer report of a run from the store: index, name, type, parameters, score,
+    task-specific or shared."""
+    if not scores or not run.get("layer_names"):
+        return []
+    tau = _threshold(run)
+    kinds = run.get("layer_kinds") or [""] * len(scores)
+    params = run.get("layer_params") or [None] * len(scores)
+    return [{"layer": i, "name": name, "type": kind, "parameters": p, "score": round(s, 4),
+             "task-specific": s >= tau}
+            for i, (name, kind, p, s) in enumerate(zip(run["layer_names"], kinds, params, scores))]
+
+
+def layer_patterns(store: RunStore, runs: Sequence[dict]) -> tuple[list[dict], list[str], list[str], float]:
+    """Rows for :func:`workbench.figures.layer_patterns_figure` from runs of one backbone:
+    (rows, layer_names, layer_kinds, threshold). Runs without recorded scores are left out;
+    runs with another layer list than the first are refused (a ValueError says which)."""
+    rows, names, kinds, tau = [], None, None, 0.1
+    seen: dict[str, int] = {}
+    for run in runs:
+        scores = final_scores(store, run["id"])
+        if scores is None or not run.get("layer_names"):
+            continue
+        if names is None:
+            names, kinds, tau = run["layer_names"], run.get("layer_kinds") or [], _threshold(run)
+        elif run["layer_names"] != names:
+            raise ValueError(f"run {run['id']} ({run.get('backbone')}) has other layers than the first run; "
+                             "compare runs of one backbone")
+        label = run_label(run)
+        acc = (run.get("metrics") or {}).get("test_acc")
+        if acc is not None:
+            label += f" · {acc:.3f}"
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:  # rows of a heatmap are keyed by label: keep them apart
+            label += f" ({run['id'][-4:]})"
+        rows.append({"run_id": run["id"], "label": label, "scores": scores})
+    return rows, names or [], kinds or [], tau
+
+
+def _scale(config: dict, params_m: float | None) -> float:
+    res = (config.get("resolution") or PRIOR_RESOLUTION) / PRIOR_RESOLUTION
+    return res * res * ((params_m or PRIOR_PARAMS_M) / PRIOR_PARAMS_M)
+
+
+def estimate_seconds(config: dict, history: Iterable[dict] = (), *, params_m: float | None = None,
+                     on_gpu: bool = False) -> float | None:
+    """A rough wall time for a run of ``config``: from the most recent finished run in
+    ``history`` on the same backbone and kind of device (its seconds per training image, scaled by
+    resolution²), else, on CPU, from a measured prior scaled by resolution² and model size.
+    None when there is nothing to go on (a GPU with no finished run yet)."""
+    images = (config.get("train_subset") or 0) * (config.get("epochs") or 0)
+    if not images:
+        return None
+    for run in history:
+        if (run.get("status") != "done" or run.get("backbone") != config.get("backbone")
+                or run.get("started_at") is None or run.get("finished_at") is None or not run.get("train_size")):
+            continue
+        if ("cpu" in str(run.get("device") or "").lower()) == on_gpu:
+            continue
+        past = run.get("config") or {}
+        seen = run["train_size"] * (past.get("epochs") or 1)
+        per_image = (run["finished_at"] - run["started_at"]) / seen
+        return per_image * images * _scale(config, None) / _scale(past, None)
+    if on_gpu:
+        return None
+    return PRIOR_SECONDS_PER_IMAGE * images * _scale(config, params_m)
+
+
+def pack_rows(store: RunStore, runs: Iterable[dict]) -> list[dict]:
+    """Task packs of finished runs that are still on disk, with their size against a full
+    fine-tuned float32 copy of the model."""
+    rows = []
+    for run in runs:
+        if run.get("status") not in TERMINAL:
+            continue
+        for art in store.artifacts(run["id"], kind="pack"):
+            path = Path(art["path"])
+            if not path.is_file():
+                continue
+            m = run.get("metrics") or {}
+            size = path.stat().st_size
+            full = ((m.get("base_params") or 0) + (m.get("head_params") or 0)) * BYTES_PER_PARAM or None
+            rows.append({"run_id": run["id"], "name": run_label(run), "dataset": run.get("dataset"),
+                         "backbone": run.get("backbone"), "method": run.get("method"),
+                         "λ": run.get("lam") if run.get("method") == "taps" else None,
+                         "test acc": m.get("test_acc"), "layers": m.get("active_layers"),
+                         "pack bytes": size, "full model bytes": full,
+                         "% of full": 100 * size / full if full else None, "path": str(path)})
+    return rows
