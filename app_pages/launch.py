@@ -1,0 +1,193 @@
+"""Launch: backbone, dataset, method and λ → a run (or a λ sweep) in background processes."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import streamlit as st
+
+from workbench import ui
+from workbench.summaries import estimate_seconds, format_duration
+
+METHOD_LABELS = {
+    "taps": "TAPS (learn which layers to adapt)",
+    "finetune": "Full fine-tuning (every layer)",
+    "feature_extractor": "Feature extractor (head only)",
+    "bn_only": "BN + head",
+    "manual_freeze": "Manual freeze (last k layers)",
+}
+OTHER_BACKBONE = "other…"
+FOLDER_DATASET = "a folder of images…"
+DEFAULT_DATASET = "fashion-mnist"
+
+
+@st.cache_data(ttl=60, show_spinner="Looking for backbones and their weights…")
+def backbones() -> list[dict]:
+    from taps.backbones import list_backbones
+
+    return [asdict(b) for b in list_backbones()]
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def datasets() -> list[dict]:
+    from taps.data import list_datasets
+
+    return [asdict(d) for d in list_datasets()]
+
+
+@st.cache_data(show_spinner=False)
+def train_defaults() -> dict:
+    from taps.trainer import TrainConfig
+
+    return TrainConfig().to_dict()
+
+
+def parse_lams(text: str) -> list[float]:
+    """'0.1, 0.3 1' → [0.1, 0.3, 1.0]; a ValueError says which entry is wrong."""
+    entries = [t for t in text.replace(",", " ").replace(";", " ").split() if t]
+    if not entries:
+        raise ValueError("enter at least one λ value (one value trains one run; several launch a sweep)")
+    values = []
+    for entry in entries:
+        try:
+            value = float(entry)
+        except ValueError:
+            raise ValueError(f"λ value {entry!r} is not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"λ must be a finite number ≥ 0 (0 means no sparsity pressure), got {entry}")
+        values.append(value)
+    return list(dict.fromkeys(values))
+
+
+launcher = ui.launcher()
+defaults = train_defaults()
+st.title("Launch a run")
+st.caption("TAPS fine-tunes a pretrained backbone for a new task while learning *which* layers need a "
+           "task-specific change; λ is the price of each such layer. Defaults train in about a minute "
+           "on a laptop CPU, entirely offline.")
+
+errors: list[str] = []
+left, right = st.columns(2, gap="large")
+
+with left:
+    st.subheader("Model and data")
+    infos = {b["name"]: b for b in backbones()}
+    names = list(infos) + [OTHER_BACKBONE]
+    backbone = st.selectbox(
+        "Backbone", names, index=names.index(defaults["backbone"]) if defaults["backbone"] in names else 0,
+        format_func=lambda n: n if n == OTHER_BACKBONE else
+        f"{n} · {infos[n]['params_m']:g} M params · " + ("weights offline ✓" if infos[n]["offline"] else "needs weights"),
+        help="Pretrained ImageNet backbones. Those marked 'weights offline' start with no network.")
+    if backbone == OTHER_BACKBONE:
+        backbone = st.text_input("Model name", placeholder="any timm model, or tv_<torchvision model>").strip()
+        if not backbone:
+            errors.append("type a backbone name")
+    elif not infos[backbone]["offline"]:
+        st.warning(f"No pretrained weights for {backbone} on this machine: {infos[backbone]['how_to_get']}")
+
+    data_infos = {d["name"]: d for d in datasets()}
+    data_names = list(data_infos) + [FOLDER_DATASET]
+    dataset = st.selectbox(
+        "Dataset", data_names, index=data_names.index(DEFAULT_DATASET) if DEFAULT_DATASET in data_names else 0,
+        format_func=lambda n: n if n == FOLDER_DATASET else
+        f"{data_infos[n]['title']} · {data_infos[n]['num_classes']} classes · "
+        + ("on this machine ✓" if data_infos[n]["available"] else "not here"),
+        help="Datasets with a manifest in data_manifests/, or any folder with one sub-folder per class.")
+    if dataset == FOLDER_DATASET:
+        dataset = st.text_input("Folder", placeholder="/path/to/images (one sub-folder per class)").strip()
+        if not dataset:
+            errors.append("type the path of an image folder")
+        elif not Path(dataset).expanduser().is_dir():
+            st.error(f"No folder at {dataset}.")
+            errors.append(f"no folder at {dataset}")
+    elif not data_infos[dataset]["available"]:
+        st.warning(f"{data_infos[dataset]['title']} is not on this machine. {data_infos[dataset]['how_to_get']}")
+    method = st.selectbox("Method", list(METHOD_LABELS), format_func=METHOD_LABELS.get,
+                          help="TAPS, or one of the baselines it is compared with.")
+
+with right:
+    st.subheader("Training")
+    lams: list[float] = []
+    baselines = False
+    extra: dict = {}
+    if method == "taps":
+        lam_text = st.text_input("λ (sparsity)", value=f"{defaults['lam']:g}",
+                                 help="One value trains one run. Several (e.g. 0.1, 0.3, 1, 3) launch a "
+                                      "sweep: one run each, compared on the Frontier page.")
+        try:
+            lams = parse_lams(lam_text)
+        except ValueError as exc:
+            st.error(str(exc))
+            errors.append(str(exc))
+        if len(lams) > 1:
+            baselines = st.checkbox("Add baselines to the sweep (full fine-tuning, feature extractor)", value=True)
+    elif method == "manual_freeze":
+        by = st.radio("Trainable layers", ["last k layers", "match a budget"], horizontal=True)
+        if by == "last k layers":
+            extra["freeze_layers"] = int(st.number_input("k (trainable last layers)", 0, 10_000, 5))
+        else:
+            extra["freeze_budget_pct"] = float(st.number_input("budget (% task-specific layers)", 0.0, 100.0, 25.0))
+    c1, c2 = st.columns(2)
+    lr = c1.number_input("Learning rate", min_value=0.0, max_value=10.0, value=float(defaults["lr"]),
+                         step=0.001, format="%.4f")
+    epochs = c2.number_input("Epochs", min_value=1, max_value=1000, value=int(defaults["epochs"]))
+    batch_size = c1.number_input("Batch size", min_value=1, max_value=4096, value=int(defaults["batch_size"]))
+    resolution = c2.number_input("Resolution (px)", min_value=16, max_value=1024, value=int(defaults["resolution"]),
+                                 step=16, help="64 px keeps CPU runs short; the paper trains at 224.")
+    train_subset = st.number_input("Training images (0: all)", min_value=0, max_value=10**8,
+                                   value=int(defaults["train_subset"] or 0), step=500,
+                                   help="A class-balanced subset of the training split.")
+    with st.expander("Advanced"):
+        a1, a2 = st.columns(2)
+        threshold = a1.number_input("Threshold τ", value=float(defaults["threshold"]), step=0.01, format="%.3f",
+                                    help="A layer is task-specific while its score is ≥ τ.")
+        score_init = a2.number_input("Score init", value=float(defaults["score_init"]), step=0.01, format="%.3f",
+                                     help="Scores start here: above τ, so every layer starts on.")
+        score_lr = a1.number_input("Score learning rate", min_value=0.0, value=float(defaults["score_lr"]),
+                                   step=0.001, format="%.4f")
+        eval_subset = a2.number_input("Evaluation images (0: all)", min_value=0, max_value=10**8,
+                                      value=int(defaults["eval_subset"] or 0), step=500)
+        seed = a1.number_input("Seed", min_value=0, max_value=2**31 - 1, value=int(defaults["seed"]))
+        norm_stats = a2.radio("BatchNorm statistics", ["frozen", "adapt"], horizontal=True,
+                              help="frozen: keep ImageNet running statistics (steadier on short runs); "
+                                   "adapt: follow the task's batches, as in the paper.")
+        penalty_mode = a1.radio("Penalty counts", ["layers", "params"], horizontal=True,
+                                help="layers: every layer costs the same (the paper); params: a layer "
+                                     "costs its share of the parameters.")
+        device_choice = a2.text_input("Device", value="auto", help="auto picks the GPU when there is one.")
+
+config = dict(defaults, backbone=backbone, dataset=dataset, method=method, lr=float(lr), epochs=int(epochs),
+              batch_size=int(batch_size), resolution=int(resolution), train_subset=int(train_subset) or None,
+              threshold=float(threshold), score_init=float(score_init), score_lr=float(score_lr) or None,
+              eval_subset=int(eval_subset) or None, seed=int(seed), norm_stats=norm_stats,
+              penalty_mode=penalty_mode, device=device_choice.strip() or "auto", **extra)
+if lams:
+    config["lam"] = lams[0]
+n_runs = (len(lams) + (2 if baselines else 0)) if method == "taps" and len(lams) > 1 else 1
+
+# A rough time: from this store's finished runs when there are any, else a measured CPU prior.
+device_text = ui.device()
+on_gpu = "cpu" not in device_text.lower().split("(")[0]
+history = launcher.store.list_runs(status="done", limit=50)
+seconds = estimate_seconds(config, history,
+                           params_m=infos.get(backbone, {}).get("params_m"), on_gpu=on_gpu)
+estimate = (f"about {format_duration(seconds)} per run" if seconds is not None
+            else "time per run unknown until one like it has finished")
+slots = launcher.max_concurrent
+st.info(f"Trains on **{device_text}**, {estimate}. "
+        + (f"{n_runs} runs, {slots} at a time." if n_runs > 1 else ""), icon=":material/schedule:")
+
+label = f"Launch sweep ({n_runs} runs)" if n_runs > 1 else "Launch run"
+if st.button(label, type="primary", icon=":material/play_arrow:"):
+    if errors:
+        st.error("Nothing was launched. Fix first: " + "; ".join(errors) + ".")
+    else:
+        with st.spinner("Checking the settings and queueing…"):
+            if n_runs > 1:
+                result = ui.attempt(lambda: launcher.sweep(config, lams, baselines=baselines)[1], "Launching the sweep")
+            else:
+                result = ui.attempt(lambda: [launcher.launch(config)], "Launching the run")
+        if result:
+            st.session_state["launched"] = len(result)
+            ui.open_run(result[0])

@@ -1,0 +1,100 @@
+"""Task packs: what each finished task adds to the shared base, on disk — its size against a
+full fine-tuned copy, its metadata, a download, and a prediction on an uploaded image."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from workbench import ui
+from workbench.summaries import pack_rows
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # also server.maxUploadSize in .streamlit/config.toml
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def pack_metadata(path: str, mtime: float) -> dict:
+    from taps.packs import read_pack
+
+    return read_pack(path).metadata
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the base model and applying the pack…")
+def task_model(path: str, mtime: float):
+    from taps.inference import load_task_model
+
+    return load_task_model(path)
+
+
+def megabytes(n: float | None) -> str:
+    return "–" if n is None else f"{n / 1e6:.2f} MB"
+
+
+launcher = ui.launcher()
+store = launcher.store
+st.title("Task packs")
+st.caption("A pack holds only what a task adds to the frozen base: the deltas of its task-specific layers, "
+           "its normalisation layers and its head. Apply it to the base to get the task's model.")
+
+packs = pack_rows(store, launcher.list_runs(status="done"))
+if not packs:
+    st.info("No task packs yet: every finished run writes one.")
+    st.stop()
+st.dataframe([{k: v for k, v in p.items() if k != "path"} for p in packs], hide_index=True, width="stretch",
+             column_order=["name", "dataset", "backbone", "method", "λ", "test acc", "layers", "pack bytes",
+                           "full model bytes", "% of full", "run_id"],
+             column_config={"λ": st.column_config.NumberColumn(format="%g"),
+                            "test acc": st.column_config.NumberColumn(format="%.3f"),
+                            "pack bytes": st.column_config.NumberColumn(format="localized"),
+                            "full model bytes": st.column_config.NumberColumn(format="localized"),
+                            "% of full": st.column_config.NumberColumn(format="%.1f %%")})
+
+by_run = {p["run_id"]: p for p in packs}
+run_id = st.selectbox("Pack", list(by_run), format_func=lambda i: f"{by_run[i]['name']} · {by_run[i]['dataset']} · {i}")
+pack = by_run[run_id]
+path = Path(pack["path"])
+mtime = path.stat().st_mtime
+meta = ui.attempt(lambda: pack_metadata(str(path), mtime), "Reading the pack")
+if meta is None:
+    st.stop()
+
+c1, c2, c3 = st.columns(3)
+c1.metric("pack size", megabytes(pack["pack bytes"]))
+c2.metric("full fine-tuned model", megabytes(pack["full model bytes"]))
+c3.metric("task-specific layers", f"{len(meta.get('layers') or [])} of {len(meta.get('layer_shapes') or {})}")
+with open(path, "rb") as fh:
+    st.download_button("Download the pack", fh.read(), file_name=f"{run_id}.taps.safetensors",
+                       mime="application/octet-stream", icon=":material/download:")
+with st.expander("Metadata"):
+    st.json({k: v for k, v in meta.items() if k not in ("layer_shapes",)})
+
+st.subheader("Try it on an image")
+upload = st.file_uploader("An image", type=UPLOAD_TYPES,
+                          help=f"At most {MAX_UPLOAD_BYTES // 2**20} MB. It is classified by the pack's model "
+                               "with the preprocessing of its test split.")
+if upload is not None:
+    data = upload.getvalue()
+    if len(data) > MAX_UPLOAD_BYTES:
+        st.error(f"{upload.name} is {len(data) / 2**20:.1f} MB; at most {MAX_UPLOAD_BYTES // 2**20} MB are accepted.")
+        st.stop()
+    from taps.data import decode_image
+    from taps.inference import classify
+
+    image = ui.attempt(lambda: decode_image(data), f"Reading {upload.name}")
+    if image is None:
+        st.stop()
+    loaded = ui.attempt(lambda: task_model(str(path), mtime), "Loading the task model")
+    if loaded is None:
+        st.stop()
+    model, task_pack = loaded
+    top = classify(model, task_pack, [image], top_k=5)[0]
+    i1, i2 = st.columns([1, 2])
+    i1.image(image, caption=upload.name, width="stretch")
+    chart = go.Figure(go.Bar(x=[p for _, p in top][::-1], y=[c for c, _ in top][::-1], orientation="h",
+                             text=[f"{p:.1%}" for _, p in top][::-1], textposition="auto"))
+    chart.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title=f"top {len(top)} classes",
+                        xaxis=dict(range=[0, 1], tickformat=".0%"))
+    i2.plotly_chart(chart, key="prediction_chart")
+    st.success(f"Predicted: **{top[0][0]}** ({top[0][1]:.1%})")
