@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from workbench import figures, ui
+from workbench.summaries import run_label
 
 launcher = ui.launcher()
 store = launcher.store
@@ -25,7 +26,7 @@ else:
     if not everything:
         st.info("No finished runs yet.")
         st.stop()
-    labels = {p["run_id"]: f"{p['name'] or p['method']} · {p['dataset']} · {p['run_id']}" for p in everything}
+    labels = {p["run_id"]: f"{run_label(p)} · {p['dataset']} · {p['run_id']}" for p in everything}
     chosen = st.multiselect("Runs", list(labels), default=list(labels)[:50], format_func=labels.get)
     points = [p for p in everything if p["run_id"] in chosen]
 if not points:
@@ -51,7 +52,7 @@ if picked:
     ui.open_run(picked[0] if isinstance(picked[0], str) else picked[0][0])
 
 front = {p["run_id"] for p in figures.pareto_front(points, x, y)}
-table = [{"run": p["name"] or p["method"], "method": p["method"], "λ": p["lam"] if p["method"] == "taps" else None,
+table = [{"run": run_label(p), "method": p["method"], "λ": p["lam"] if p["method"] == "taps" else None,
           figures.AXIS_TITLES[x]: p[x], figures.AXIS_TITLES[y]: p[y], "on the front": p["run_id"] in front,
           "id": p["run_id"]} for p in points]
 st.dataframe(table, hide_index=True, width="stretch",

@@ -14,7 +14,7 @@ REFRESH_S = 1.5
 HEATMAP_COLUMNS = 300  # steps drawn in the heatmap, however long the run
 CURVE_POINTS = 600
 LOG_TAIL_BYTES = 6000
-STATUS_ICONS = {"queued": "⏳", "running": "▶️", "done": "✅", "failed": "❌", "cancelled": "⏹️"}
+STATUS_COLORS = {"queued": "gray", "running": "blue", "done": "green", "failed": "red", "cancelled": "orange"}
 
 launcher = ui.launcher()
 store = launcher.store
@@ -34,11 +34,14 @@ if not runs:
 
 f1, f2 = st.columns([2, 1])
 statuses = f1.multiselect("Status", STATUSES, default=[], placeholder="all statuses")
-sweeps = ["all runs"] + store.sweeps()
-sweep = f2.selectbox("Sweep", sweeps)
-shown = [r for r in runs if (not statuses or r["status"] in statuses) and (sweep == "all runs" or r["sweep"] == sweep)]
-rows = run_rows(shown)
-ids = [r["id"] for r in rows]
+sweep = f2.selectbox("Sweep", ["all runs"] + store.sweeps())
+
+selected = ui.selected_run()
+if selected not in {r["id"] for r in runs}:
+    running = [r for r in runs if r["status"] in ACTIVE]
+    selected = (running or runs)[0]["id"]
+st.session_state["panel_run"] = selected
+st.session_state["table_active"] = any(r["status"] in ACTIVE for r in runs)
 
 
 def _picked() -> None:
@@ -47,32 +50,35 @@ def _picked() -> None:
         ui.select_run(st.session_state["runs_table_ids"][picked[0]])
 
 
-st.session_state["runs_table_ids"] = ids
-st.dataframe(
-    rows, key="runs_table", on_select=_picked, selection_mode="single-row", hide_index=True,
-    width="stretch", height=min(420, 38 + 35 * len(rows)),
-    column_order=["status", "name", "progress", "method", "dataset", "backbone", "λ", "test acc",
-                  "% task-specific layers", "% additional params", "sweep", "created", "id"],
-    column_config={
-        "status": st.column_config.TextColumn("status", width="small"),
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
-        "λ": st.column_config.NumberColumn("λ", format="%g"),
-        "test acc": st.column_config.NumberColumn("test acc", format="%.3f"),
-        "% task-specific layers": st.column_config.NumberColumn("% task-specific layers", format="%.1f"),
-        "% additional params": st.column_config.NumberColumn("% additional params", format="%.1f"),
-    })
+def runs_table() -> None:
+    """The table of runs; refreshed with the live panel while any run is queued or running."""
+    runs = launcher.list_runs(limit=1000)
+    if any(r["status"] in ACTIVE for r in runs) != st.session_state["table_active"]:
+        st.rerun()  # the last active run ended (or one started): switch refreshing on or off
+    shown = [r for r in runs if (not statuses or r["status"] in statuses)
+             and (sweep == "all runs" or r["sweep"] == sweep)]
+    rows = run_rows(shown)
+    st.session_state["runs_table_ids"] = [r["id"] for r in rows]
+    st.dataframe(
+        rows, key="runs_table", on_select=_picked, selection_mode="single-row", hide_index=True,
+        width="stretch", height=min(420, 38 + 35 * max(1, len(rows))),
+        column_order=["status", "name", "progress", "method", "dataset", "backbone", "λ", "test acc",
+                      "% task-specific layers", "% additional params", "sweep", "created", "id"],
+        column_config={
+            "status": st.column_config.TextColumn("status", width="small"),
+            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+            "λ": st.column_config.NumberColumn("λ", format="%g"),
+            "test acc": st.column_config.NumberColumn("test acc", format="%.3f"),
+            "% task-specific layers": st.column_config.NumberColumn("% task-specific layers", format="%.1f"),
+            "% additional params": st.column_config.NumberColumn("% additional params", format="%.1f"),
+        })
+    if ui.selected_run() not in (None, st.session_state["panel_run"]):
+        st.rerun()  # a row was picked: show that run below
 
-selected = ui.selected_run()
-if selected not in {r["id"] for r in runs}:
-    running = [r for r in runs if r["status"] in ACTIVE]
-    selected = (running or runs)[0]["id"]
-run = store.get_run(selected)
+
+st.fragment(runs_table, run_every=REFRESH_S if st.session_state["table_active"] else None)()
 st.divider()
-st.subheader(f"{STATUS_ICONS.get(run['status'], '')} {run_label(run)}")
-st.caption(f"`{run['id']}` · {run.get('method')} on {run.get('dataset')} with {run.get('backbone')}"
-           + (f" · sweep {run['sweep']}" if run.get("sweep") else "") + (f" · {run['device']}" if run.get("device") else ""))
-heatmap_mode = st.segmented_control("Heatmap shows", ["score", "gate"], default="score", key="heatmap_mode",
-                                    format_func={"score": "scores (τ at white)", "gate": "on / off"}.get)
+run = store.get_run(selected)
 st.session_state["panel_active"] = run["status"] in ACTIVE
 
 
@@ -100,6 +106,10 @@ def live_panel(run_id: str) -> None:
     run = launcher.get(run_id)
     if (run["status"] in ACTIVE) != st.session_state.get("panel_active"):
         st.rerun()  # started or ended: redraw the whole page (table, buttons, refresh on/off)
+    st.subheader(f"{run_label(run)} :{STATUS_COLORS.get(run['status'], 'gray')}-badge[{run['status']}]")
+    st.caption(f"`{run['id']}` · {run.get('method')} on {run.get('dataset')} with {run.get('backbone')}"
+               + (f" · sweep {run['sweep']}" if run.get("sweep") else "")
+               + (f" · {run['device']}" if run.get("device") and run["status"] != "queued" else ""))
     steps = store.steps_since(run_id, 0)
     epochs = store.epochs(run_id)
     progress = run_progress(run, steps[-50:], epochs)
@@ -131,9 +141,15 @@ def live_panel(run_id: str) -> None:
     else:
         c1, c2 = st.columns(2)
         c1.plotly_chart(figures.loss_figure(figures.downsample(steps, CURVE_POINTS)), key=f"loss-{run_id}")
-        c2.plotly_chart(figures.accuracy_figure(epochs), key=f"acc-{run_id}")
+        if epochs:
+            c2.plotly_chart(figures.accuracy_figure(epochs), key=f"acc-{run_id}")
+        else:
+            c2.caption("Accuracy appears after the first epoch.")
         hm_steps, matrix = _heatmap_data(run)
         if matrix and run.get("layer_names"):
+            heatmap_mode = st.segmented_control(
+                "Heatmap shows", ["score", "gate"], default="score", key="heatmap_mode",
+                format_func={"score": "gate scores (white: at τ)", "gate": "on / off"}.get)
             st.plotly_chart(figures.heatmap_figure(
                 hm_steps, matrix, run["layer_names"],
                 threshold=float(run["config"].get("threshold", 0.1)), mode=heatmap_mode or "score",

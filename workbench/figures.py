@@ -41,8 +41,10 @@ GATE_SCALE = [[0, "#f0f0f0"], [0.5, "#f0f0f0"], [0.5, TAPS_COLOR], [1, TAPS_COLO
 
 
 def _layout(fig: go.Figure, title: str | None, height: int) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), hovermode="closest")
+    # Title on the left, legend on the right above the plot: they never overlap in a half-width column.
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left", y=0.98, yanchor="top"), height=height,
+                      margin=dict(l=10, r=10, t=60 if title else 30, b=10), hovermode="closest",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1))
     return fig
 
 
@@ -72,7 +74,7 @@ def loss_figure(steps: Sequence[dict], *, title: str | None = "Loss", height: in
     return _layout(fig, title, height)
 
 
-def accuracy_figure(epochs: Sequence[dict], *, title: str | None = "Accuracy per epoch",
+def accuracy_figure(epochs: Sequence[dict], *, title: str | None = "Accuracy",
                     height: int = 300) -> go.Figure:
     fig = go.Figure()
     x = [e["epoch"] + 1 for e in epochs]
@@ -180,6 +182,10 @@ def frontier_figure(points: Sequence[dict], *, x: str = "task_specific_layers_pc
                                  hovertemplate=name + "<br>%{x:.1f}<br>%{y:.3f}<br>run %{customdata}"
                                                       "<extra></extra>"))
     fig.update_xaxes(title=AXIS_TITLES[x], rangemode="tozero")
+    ys = [p[y] for p in usable]
+    if ys:  # pad around the data, within [0, 1]: one point alone would otherwise span −0.5…1
+        pad = max(0.02, 0.1 * (max(ys) - min(ys)))
+        fig.update_yaxes(range=[max(0.0, min(ys) - pad), min(1.0, max(ys) + pad)])
     fig.update_yaxes(title=AXIS_TITLES.get(y, y))
     fig.update_layout(clickmode="event+select")
     return _layout(fig, title, height)
