@@ -16,9 +16,11 @@ _EXPORTS = {
     "config": ["TAPSConfig"],
     "layers": ["GatedConv2d", "GatedLayer", "GatedLinear", "hard_gate"],
     "merging": ["merge"],
+    "multitask": ["MultiTaskModel", "MultiTaskReport"],
     "packs": ["PackError", "TaskPack", "load_pack", "read_pack", "save_pack"],
     "penalty": ["penalty_weights", "sparsity_penalty"],
-    "stats": ["LayerInfo", "TaskStats", "decathlon_score", "layer_report", "parameter_multiplier", "summarize"],
+    "stats": ["LayerInfo", "TaskStats", "decathlon_score", "layer_report", "pack_stats", "parameter_multiplier",
+              "summarize"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -28,28 +28,33 @@ def load_task_model(pack_path: str | Path, *, weights: str = "auto", checkpoint:
     return (merge(model, inplace=True) if merged else model).eval(), pack
 
 
-def _pack_dataset(pack: TaskPack, dataset: str | None, where) -> str:
-    dataset = dataset or pack.metadata.get("extra", {}).get("dataset")
-    if not dataset:
-        raise PackError(f"{where}: the pack does not name its dataset; pass one")
-    return dataset
-
-
 def evaluate_pack(pack_path: str | Path, dataset: str | None = None, *, split: str = "test",
                   eval_subset: int | None = None, batch_size: int = 64, device: str = "auto",
                   data_root: str | None = None, weights: str = "auto",
                   checkpoint: str | None = None) -> dict:
     """Accuracy of a task pack on a dataset split (the pack's own dataset by default)."""
     model, pack = load_task_model(pack_path, weights=weights, checkpoint=checkpoint)
-    dataset = _pack_dataset(pack, dataset, pack_path)
-    # The trainer's own path: images in [0, 1], the backbone's normalisation on the device.
-    data = load_dataset(dataset, resolution=int(pack.metadata.get("extra", {}).get("resolution", 224)),
-                        test_subset=eval_subset, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), augment=False,
-                        data_root=data_root)
+    return evaluate_on(model, pack.metadata, dataset, split=split, eval_subset=eval_subset,
+                       batch_size=batch_size, device=device, data_root=data_root, where=str(pack_path))
+
+
+def evaluate_on(model: nn.Module, metadata: dict, dataset: str | None = None, *, split: str = "test",
+                eval_subset: int | None = None, batch_size: int = 64, device: str = "auto",
+                data_root: str | None = None, where: str = "this task") -> dict:
+    """Accuracy of a task's model (described by its pack ``metadata``: dataset, resolution,
+    classes) on a split, through the trainer's own path: images in [0, 1], the backbone's
+    normalisation on the device."""
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-    if len(data.classes) != pack.num_classes:
-        raise PackError(f"{pack_path} has {pack.num_classes} classes, {dataset} has {len(data.classes)}")
+    dataset = dataset or metadata.get("extra", {}).get("dataset")
+    if not dataset:
+        raise PackError(f"{where}: the pack does not name its dataset; pass one")
+    data = load_dataset(dataset, resolution=int(metadata.get("extra", {}).get("resolution", 224)),
+                        test_subset=eval_subset, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), augment=False,
+                        data_root=data_root)
+    classes = metadata.get("class_names")
+    if classes is not None and len(data.classes) != len(classes):
+        raise PackError(f"{where} has {len(classes)} classes, {dataset} has {len(data.classes)}")
     dev = resolve_device(device)
     images = getattr(data, split)
     accuracy = evaluate(model.to(dev), DataLoader(images, batch_size=batch_size), dev,
@@ -63,7 +68,10 @@ def classify(model: nn.Module, pack: TaskPack, images: list[Image.Image], *, top
     """Top-k (class name, probability) per image, preprocessed as the pack's test split was
     (its dataset's evaluation transform at its resolution, the backbone's normalisation)."""
     extra = pack.metadata.get("extra", {})
-    transform = eval_transform(_pack_dataset(pack, dataset, "this pack"), int(extra.get("resolution", 224)))
+    dataset = dataset or extra.get("dataset")
+    if not dataset:
+        raise PackError("this pack does not name its dataset; pass one")
+    transform = eval_transform(dataset, int(extra.get("resolution", 224)))
     device = next(model.parameters()).device
     batch = torch.stack([transform(img) for img in images]).to(device)
     was_training = model.training

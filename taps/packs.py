@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
-from .adaptation import adapt, gated_layers, head_name, norm_layers, replace_module
+from .adaptation import adapt, find_head, gated_layers, head_name, norm_layers, replace_module, selected_layers
 from .config import TAPSConfig
 from .fileio import atomic_write
 from .merging import merge
@@ -62,8 +62,12 @@ def backbone_name(model: nn.Module) -> str | None:
 
 def base_fingerprint(model: nn.Module) -> str:
     """sha256 of the frozen weights of the gated layers: which base a pack was trained on."""
+    return _fingerprint(gated_layers(model))
+
+
+def _fingerprint(layers: list[tuple[str, nn.Module]]) -> str:
     digest = hashlib.sha256()
-    for name, layer in gated_layers(model):
+    for name, layer in layers:
         digest.update(name.encode())
         digest.update(layer.weight.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -140,46 +144,75 @@ def read_pack(path: str | os.PathLike) -> TaskPack:
     return TaskPack(meta, tensors)
 
 
-def _check_fits(model: nn.Module, pack: TaskPack, where: str, check_base: bool) -> None:
-    """Raise PackError naming the first mismatch; touches nothing."""
+@dataclass
+class BaseSignature:
+    """What a pack must agree with to fit a base: computed once per base (hashing the weights
+    is the expensive part), then any number of packs are checked against it."""
+    backbone: str | None
+    layers: list[str]
+    layer_shapes: list[tuple[int, ...]]
+    norms: list[str]
+    norm_sizes: dict[str, int]
+    head: str
+    head_in_features: int | None
+    fingerprint: str | None  # None: not computed (check_base=False)
+
+
+def base_signature(model: nn.Module, config: TAPSConfig | None = None, *, fingerprint: bool = True) -> BaseSignature:
+    """The signature of a base: an adapted model's own, or, with ``config``, that of a plain
+    model as ``adapt(model, config)`` would gate it (nothing is changed or copied)."""
+    if config is None:
+        layers, head_ = gated_layers(model), head_name(model)
+    else:
+        head_ = config.head or find_head(model)
+        layers = [(n, model.get_submodule(n)) for n in selected_layers(model, config, head_)]
+    norm_names, fields = _norm_state(model)
+    head = dict(model.named_modules()).get(head_)
+    return BaseSignature(
+        backbone=backbone_name(model), layers=[n for n, _ in layers],
+        layer_shapes=[tuple(m.weight.shape) for _, m in layers], norms=norm_names,
+        norm_sizes={f: sum(t.numel() for t in ts) for f, ts in fields.items()}, head=head_,
+        head_in_features=head.in_features if isinstance(head, nn.Linear) else None,
+        fingerprint=_fingerprint(layers) if fingerprint else None)
+
+
+def check_fits(base: BaseSignature, pack: TaskPack, where: str = "task pack", check_base: bool = True) -> None:
+    """Raise PackError naming the first way ``pack`` does not fit ``base``; touches nothing."""
     meta = pack.metadata
-    ours, theirs = backbone_name(model), meta.get("backbone")
+    ours, theirs = base.backbone, meta.get("backbone")
     prefix = f"{where}: pack for backbone {theirs!r} does not fit this model ({ours!r})"
     if ours and theirs and ours != theirs:
         raise PackError(f"{where}: pack was trained on backbone {theirs!r}, the model is {ours!r}")
-    layers = dict(gated_layers(model))
-    names = list(layers)
+    names = base.layers
     if names != meta["layers"]:
-        missing = [n for n in meta["layers"] if n not in layers]
+        missing = [n for n in meta["layers"] if n not in set(names)]
         unexpected = [n for n in names if n not in set(meta["layers"])]
         detail = (f"layers missing from the model: {missing[:5]}" if missing else
                   f"layers not in the pack: {unexpected[:5]}" if unexpected else "layer order differs")
         raise PackError(f"{prefix}: {len(meta['layers'])} gated layers in the pack, {len(names)} in the model; {detail}")
-    for name, shape in zip(meta["layers"], meta["layer_shapes"]):
+    for name, ours_shape, shape in zip(names, base.layer_shapes, meta["layer_shapes"]):
         delta = pack.tensors.get(f"delta.{name}")
-        if tuple(layers[name].weight.shape) != tuple(shape) or (delta is not None and tuple(delta.shape) != tuple(shape)):
-            raise PackError(f"{prefix}: layer {name!r} has shape {tuple(layers[name].weight.shape)}, "
-                            f"the pack's {tuple(shape)}")
-    unknown = set(pack.active_layers) - set(layers)
+        if tuple(ours_shape) != tuple(shape) or (delta is not None and tuple(delta.shape) != tuple(shape)):
+            raise PackError(f"{prefix}: layer {name!r} has shape {tuple(ours_shape)}, the pack's {tuple(shape)}")
+    unknown = set(pack.active_layers) - set(names)
     if unknown:
         raise PackError(f"{prefix}: deltas for layers the model does not have: {sorted(unknown)[:5]}")
     if pack.tensors["scores"].shape != (len(names),):
         raise PackError(f"{prefix}: {pack.tensors['scores'].numel()} scores for {len(names)} layers")
-    norm_names, fields = _norm_state(model)
-    if norm_names != meta["norms"]:
+    if base.norms != meta["norms"]:
         raise PackError(f"{prefix}: normalisation layers differ ({len(meta['norms'])} in the pack, "
-                        f"{len(norm_names)} in the model)")
-    for f, ts in fields.items():
-        want = sum(t.numel() for t in ts)
+                        f"{len(base.norms)} in the model)")
+    for f, want in base.norm_sizes.items():
         have = pack.tensors.get(f"norm.{f}")
         if (have.numel() if have is not None else 0) != want:
             raise PackError(f"{prefix}: normalisation {f} holds {0 if have is None else have.numel()} values, "
                             f"the model needs {want}")
-    head = _pack_head(model, pack, prefix)
-    if pack.tensors["head.weight"].shape[1] != head.in_features:
+    if meta["head"] != base.head or base.head_in_features is None:
+        raise PackError(f"{prefix}: no Linear head named {meta['head']!r} in the model")
+    if pack.tensors["head.weight"].shape[1] != base.head_in_features:
         raise PackError(f"{prefix}: head takes {pack.tensors['head.weight'].shape[1]} features, "
-                        f"the model gives {head.in_features}")
-    if check_base and meta.get("base_fingerprint") not in (None, base_fingerprint(model)):
+                        f"the model gives {base.head_in_features}")
+    if check_base and meta.get("base_fingerprint") not in (None, base.fingerprint):
         raise PackError(f"{where}: the model's base weights differ from those the pack was trained on "
                         "(pass check_base=False to load anyway)")
 
@@ -199,7 +232,7 @@ def load_pack(model: nn.Module, source: str | os.PathLike | TaskPack, *, check_b
         except ValueError as exc:
             raise PackError(f"{where}: cannot adapt the model with the pack's settings: {exc}") from exc
     try:
-        _check_fits(model, pack, where, check_base)
+        check_fits(base_signature(model, fingerprint=check_base), pack, where, check_base)
     except PackError:
         if not was_adapted:
             _unadapt(model)
@@ -228,6 +261,29 @@ def _unadapt(model: nn.Module) -> None:
     merge(model, inplace=True)
 
 
+def norm_slices(pack: TaskPack, norm_modules: list[tuple[str, nn.Module]]):
+    """(module name, field, tensor) for every normalisation tensor of ``pack``, cut from the
+    concatenated ``norm.<field>`` tensors and shaped like the module's own (views, no copies)."""
+    offsets = {f: 0 for f in NORM_FIELDS}
+    for name, module in norm_modules:
+        for f in NORM_FIELDS:
+            target = getattr(module, f, None)
+            if target is None:
+                continue
+            n = target.numel()
+            yield name, f, pack.tensors[f"norm.{f}"][offsets[f]:offsets[f] + n].view_as(target)
+            offsets[f] += n
+
+
+def pack_head(pack: TaskPack) -> nn.Linear:
+    """The task's classifier head as a new Linear layer."""
+    t = pack.tensors
+    weight = t["head.weight"]
+    head = nn.Linear(weight.shape[1], weight.shape[0], bias="head.bias" in t, dtype=weight.dtype)
+    head.load_state_dict({k[len("head."):]: v for k, v in t.items() if k.startswith("head.")}, strict=True)
+    return head
+
+
 @torch.no_grad()
 def _apply(model: nn.Module, pack: TaskPack) -> None:
     t = pack.tensors
@@ -235,19 +291,8 @@ def _apply(model: nn.Module, pack: TaskPack) -> None:
         layer.score.copy_(score)
         delta = t.get(f"delta.{name}")
         layer.delta.copy_(delta if delta is not None else torch.zeros_like(layer.delta))
-    offsets = {f: 0 for f in NORM_FIELDS}
-    for _, module in norm_layers(model):
-        for f in NORM_FIELDS:
-            target = getattr(module, f, None)
-            if target is None:
-                continue
-            n = target.numel()
-            target.copy_(t[f"norm.{f}"][offsets[f]:offsets[f] + n].view_as(target))
-            offsets[f] += n
-    head_name_ = pack.metadata["head"]
-    head = model.get_submodule(head_name_)
-    if head.out_features != pack.num_classes:
-        device, dtype = head.weight.device, head.weight.dtype
-        head = nn.Linear(head.in_features, pack.num_classes, bias="head.bias" in t, device=device, dtype=dtype)
-        replace_module(model, head_name_, head)
-    head.load_state_dict({k[len("head."):]: v for k, v in t.items() if k.startswith("head.")}, strict=True)
+    modules = dict(model.named_modules())
+    for name, field, value in norm_slices(pack, norm_layers(model)):
+        getattr(modules[name], field).copy_(value)
+    old = model.get_submodule(pack.metadata["head"])
+    replace_module(model, pack.metadata["head"], pack_head(pack).to(old.weight.device, old.weight.dtype))

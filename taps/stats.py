@@ -93,6 +93,23 @@ def summarize(model: nn.Module) -> TaskStats:
     )
 
 
+def pack_stats(pack, base_params: int) -> TaskStats:
+    """:func:`summarize` of the model a task pack was saved from, read off the pack alone."""
+    t = pack.tensors
+    active = pack.active_layers
+    delta = sum(t[f"delta.{n}"].numel() for n in active)
+    count_norms = (pack.metadata.get("config") or {}).get("train_norms", True)
+    norms = sum(v.numel() for k, v in t.items() if k.startswith("norm.") and v.is_floating_point()) if count_norms else 0
+    head = sum(v.numel() for k, v in t.items() if k.startswith("head."))
+    layers = int(t["scores"].numel())
+    extra = delta + norms + head
+    return TaskStats(
+        gated_layers=layers, active_layers=len(active), task_specific_layers_pct=100.0 * len(active) / max(layers, 1),
+        delta_params=delta, norm_params=norms, head_params=head, additional_params=extra,
+        base_params=base_params, additional_params_pct=100.0 * extra / max(base_params, 1),
+    )
+
+
 def parameter_multiplier(tasks: list[TaskStats]) -> float:
     """Total parameters for K tasks over one base (paper Table 1's "4.12×")."""
     if not tasks:
