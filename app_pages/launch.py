@@ -16,7 +16,9 @@ METHOD_LABELS = {
     "feature_extractor": "Feature extractor (head only)",
     "bn_only": "BN + head",
     "manual_freeze": "Manual freeze (last k layers)",
+    "joint": "Joint TAPS (several datasets at once, paper Eq. 4)",
 }
+JOINT_DEFAULT = ["fashion-mnist", "digits"]  # the two offline tasks
 OTHER_BACKBONE = "other…"
 FOLDER_DATASET = "a folder of images…"
 DEFAULT_DATASET = "fashion-mnist"
@@ -104,14 +106,26 @@ with left:
     elif not data_infos[dataset]["available"]:
         st.warning(f"{data_infos[dataset]['title']} is not on this machine. {data_infos[dataset]['how_to_get']}")
     method = st.selectbox("Method", list(METHOD_LABELS), format_func=METHOD_LABELS.get,
-                          help="TAPS, or one of the baselines it is compared with.")
+                          help="TAPS, or one of the baselines it is compared with, or TAPS on several "
+                               "tasks at once with a shared, trained base.")
+    tasks: list[str] = []
+    if method == "joint":
+        available = [n for n, d in data_infos.items() if d["available"]]
+        tasks = st.multiselect("Datasets trained together", list(data_infos),
+                               default=[d for d in JOINT_DEFAULT if d in available],
+                               format_func=lambda n: data_infos[n]["title"],
+                               help="Each step sees a batch of every task; each task keeps its own deltas, "
+                                    "scores, normalisation and head.")
+        if len(tasks) < 2:
+            st.error("Choose at least two datasets for joint training.")
+            errors.append("choose at least two datasets for joint training")
 
 with right:
     st.subheader("Training")
     lams: list[float] = []
     baselines = False
     extra: dict = {}
-    if method == "taps":
+    if method in ("taps", "joint"):
         lam_text = st.text_input("λ (sparsity)", value=f"{defaults['lam']:g}",
                                  help="One value trains one run. Several (e.g. 0.1, 0.3, 1, 3) launch a "
                                       "sweep: one run each, compared on the Frontier page.")
@@ -120,7 +134,7 @@ with right:
         except ValueError as exc:
             st.error(str(exc))
             errors.append(str(exc))
-        if len(lams) > 1:
+        if len(lams) > 1 and method == "taps":
             baselines = st.checkbox("Add baselines to the sweep (full fine-tuning, feature extractor)", value=True)
     elif method == "manual_freeze":
         by = st.radio("Trainable layers", ["last k layers", "match a budget"], horizontal=True)
@@ -157,20 +171,22 @@ with right:
                                      "costs its share of the parameters.")
         device_choice = a2.text_input("Device", value="auto", help="auto picks the GPU when there is one.")
 
-config = dict(defaults, backbone=backbone, dataset=dataset, method=method, lr=float(lr), epochs=int(epochs),
+config = dict(defaults, backbone=backbone, dataset=tasks[0] if tasks else dataset,
+              method="taps" if method == "joint" else method, tasks=tasks, lr=float(lr), epochs=int(epochs),
               batch_size=int(batch_size), resolution=int(resolution), train_subset=int(train_subset) or None,
               threshold=float(threshold), score_init=float(score_init), score_lr=float(score_lr) or None,
               eval_subset=int(eval_subset) or None, seed=int(seed), norm_stats=norm_stats,
               penalty_mode=penalty_mode, device=device_choice.strip() or "auto", **extra)
 if lams:
     config["lam"] = lams[0]
-n_runs = (len(lams) + (2 if baselines else 0)) if method == "taps" and len(lams) > 1 else 1
+n_runs = (len(lams) + (2 if baselines else 0)) if method in ("taps", "joint") and len(lams) > 1 else 1
 
 # A rough time: from this store's finished runs when there are any, else a measured CPU prior.
 device_text = ui.device()
 on_gpu = "cpu" not in device_text.lower().split("(")[0]
 history = launcher.store.list_runs(status="done", limit=50)
-seconds = estimate_seconds(config, history,
+images_per_epoch = (config["train_subset"] or 0) * max(1, len(tasks)) or None  # joint: every task's images
+seconds = estimate_seconds(dict(config, train_subset=images_per_epoch), history,
                            params_m=infos.get(backbone, {}).get("params_m"), on_gpu=on_gpu)
 estimate = (f"about {format_duration(seconds)} per run" if seconds is not None
             else "time per run unknown until one like it has finished")

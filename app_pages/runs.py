@@ -7,7 +7,7 @@ import streamlit as st
 from workbench import figures, ui
 from workbench.launcher import LOG_NAME
 from workbench.store import STATUSES, TERMINAL
-from workbench.summaries import final_scores, layer_report_rows, run_label, run_progress, run_rows
+from workbench.summaries import final_scores, layer_report_rows, run_label, run_progress, run_rows, task_scores
 
 ACTIVE = ("queued", "running")
 REFRESH_S = 1.5
@@ -133,14 +133,16 @@ def live_panel(run_id: str) -> None:
     m1.metric("epoch", f"{len(epochs)} / {run.get('epochs') or '?'}")
     m2.metric("val accuracy", f"{last_epoch['val_acc']:.3f}" if last_epoch.get("val_acc") is not None else "–")
     layers = len(run.get("layer_names") or [])
-    m3.metric("active layers", f"{last_step.get('active_layers', '–')} / {layers or '?'}")
+    m3.metric("active layers", f"{last_step.get('active_layers', '–')} / "
+                               f"{layers * len(run.get('tasks') or [0]) or '?'}")
     m4.metric("images / s", f"{last_step['images_per_sec']:.0f}" if last_step.get("images_per_sec") else "–")
 
     if not steps:
         st.info("Waiting for the first training steps (loading data and weights)…")
     else:
         c1, c2 = st.columns(2)
-        c1.plotly_chart(figures.loss_figure(figures.downsample(steps, CURVE_POINTS)), key=f"loss-{run_id}")
+        c1.plotly_chart(figures.loss_figure(figures.downsample(steps, CURVE_POINTS), tasks=run.get("tasks") or ()),
+                        key=f"loss-{run_id}")
         if epochs:
             c2.plotly_chart(figures.accuracy_figure(epochs), key=f"acc-{run_id}")
         else:
@@ -150,10 +152,14 @@ def live_panel(run_id: str) -> None:
             heatmap_mode = st.segmented_control(
                 "Heatmap shows", ["score", "gate"], default="score", key="heatmap_mode",
                 format_func={"score": "gate scores (white: at τ)", "gate": "on / off"}.get)
-            st.plotly_chart(figures.heatmap_figure(
-                hm_steps, matrix, run["layer_names"],
-                threshold=float(run["config"].get("threshold", 0.1)), mode=heatmap_mode or "score",
-                title="Active layers (layers × training steps)"), key=f"heatmap-{run_id}")
+            per_task = list(zip(*(task_scores(run, row) for row in matrix)))  # per task: (task, scores) per step
+            for k, blocks in enumerate(per_task):
+                task = blocks[0][0]
+                st.plotly_chart(figures.heatmap_figure(
+                    hm_steps, [b[1] for b in blocks], run["layer_names"],
+                    threshold=float(run["config"].get("threshold", 0.1)), mode=heatmap_mode or "score",
+                    title="Active layers (layers × training steps)" + (f": {task}" if task else "")),
+                    key=f"heatmap-{run_id}-{k}")
     if run["status"] in TERMINAL:
         report = layer_report_rows(run, final_scores(store, run_id))
         if report:

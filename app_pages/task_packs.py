@@ -51,10 +51,11 @@ st.dataframe([{k: v for k, v in p.items() if k != "path"} for p in packs], hide_
                             "full model bytes": st.column_config.NumberColumn(format="localized"),
                             "% of full": st.column_config.NumberColumn(format="%.1f %%")})
 
-by_run = {p["run_id"]: p for p in packs}
-run_id = st.selectbox("Pack", list(by_run), format_func=lambda i: f"{by_run[i]['name']} · {by_run[i]['dataset']} · {i}")
-pack = by_run[run_id]
-path = Path(pack["path"])
+by_path = {p["path"]: p for p in packs}  # a joint run has one pack per task
+chosen = st.selectbox("Pack", list(by_path),
+                      format_func=lambda k: f"{by_path[k]['name']} · {by_path[k]['dataset']} · {by_path[k]['run_id']}")
+pack = by_path[chosen]
+path = Path(chosen)
 mtime = path.stat().st_mtime
 meta = ui.attempt(lambda: pack_metadata(str(path), mtime), "Reading the pack")
 if meta is None:
@@ -65,7 +66,7 @@ c1.metric("pack size", megabytes(pack["pack bytes"]))
 c2.metric("full fine-tuned model", megabytes(pack["full model bytes"]))
 c3.metric("task-specific layers", f"{len(meta.get('layers') or [])} of {len(meta.get('layer_shapes') or {})}")
 with open(path, "rb") as fh:
-    st.download_button("Download the pack", fh.read(), file_name=f"{run_id}.taps.safetensors",
+    st.download_button("Download the pack", fh.read(), file_name=f"{pack['run_id']}-{pack['dataset']}.taps.safetensors",
                        mime="application/octet-stream", icon=":material/download:")
 with st.expander("Metadata"):
     st.json({k: v for k, v in meta.items() if k not in ("layer_shapes",)})

@@ -281,6 +281,42 @@ def _load_package(model: nn.Module, name: str) -> None:
     model.load_state_dict(OrderedDict(zip(own, weights.values())), strict=True)
 
 
+BUILD_KEY = "taps_build"  # safetensors metadata: how to rebuild the model the weights belong to
+
+
+def save_backbone_checkpoint(state: dict[str, torch.Tensor], path: str | os.PathLike, like: nn.Module) -> Path:
+    """Write backbone weights as safetensors with what ``create_backbone(checkpoint=path)``
+    needs to rebuild the same model: build options (e.g. EfficientNet-Lite's TF BatchNorm eps
+    and 'same' padding) and input normalisation, taken from ``like``."""
+    import json
+
+    from safetensors.torch import save
+
+    from .fileio import atomic_write
+
+    cfg = getattr(like, "pretrained_cfg", None) or {}
+    build = {"timm_kwargs": dict(cfg.get("taps_timm_kwargs") or {}), "mean": list(cfg.get("mean", IMAGENET_MEAN)),
+             "std": list(cfg.get("std", IMAGENET_STD)), "input_size": list(cfg.get("input_size", (3, 224, 224)))}
+    payload = save({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                   metadata={BUILD_KEY: json.dumps(build)})
+    return atomic_write(path, lambda fh: fh.write(payload))
+
+
+def _checkpoint_build(path: Path) -> dict:
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(BUILD_KEY)
+        return json.loads(raw) if raw else {}
+    except Exception:  # unreadable: _read_checkpoint reports it properly
+        return {}
+
+
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsUnavailableError(f"checkpoint file {path} does not exist.")
@@ -399,17 +435,22 @@ def create_backbone(name: str, num_classes: int, weights: str = "auto", *,
     if source == "none":
         model = _build(name, num_classes)
     elif source == "checkpoint":
-        model = _build(name, num_classes)
+        build = _checkpoint_build(Path(checkpoint))  # how the weights' model was built, if recorded
+        model = _build(name, num_classes, **build.get("timm_kwargs", {}))
         _fill_cfg(model, name, num_classes, "none")  # the head names come from the cfg
         _load_checkpoint(model, name, Path(checkpoint))
         source = f"checkpoint {checkpoint}"
+        overrides = {k: tuple(v) for k, v in build.items() if k in ("mean", "std", "input_size")}
+        if build.get("timm_kwargs"):
+            overrides["taps_timm_kwargs"] = build["timm_kwargs"]
     elif source == "package":
         pkg = _PACKAGES[name]
         model = _build(name, PRETRAINED_CLASSES, **dict(pkg.timm_kwargs))
         _load_package(model, name)
         if num_classes != PRETRAINED_CLASSES:
             _reset_head(model, num_classes)
-        overrides = dict(mean=pkg.mean, std=pkg.std, input_size=(3, pkg.resolution, pkg.resolution))
+        overrides = dict(mean=pkg.mean, std=pkg.std, input_size=(3, pkg.resolution, pkg.resolution),
+                         taps_timm_kwargs=dict(pkg.timm_kwargs))
         source = f"package {pkg.pypi}"
     else:
         model = _load_hub(name, num_classes, cached)

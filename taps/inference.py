@@ -23,9 +23,23 @@ def load_task_model(pack_path: str | Path, *, weights: str = "auto", checkpoint:
     backbone = pack.metadata.get("backbone")
     if not backbone:
         raise PackError(f"{pack_path}: the pack does not name its backbone; load it with taps.load_pack")
+    if checkpoint is None and weights == "auto":
+        checkpoint = base_checkpoint(pack_path, pack)
     model = create_backbone(backbone, pack.num_classes, weights, checkpoint=checkpoint)
     load_pack(model, pack)
     return (merge(model, inplace=True) if merged else model).eval(), pack
+
+
+def base_checkpoint(pack_path: str | Path, pack: TaskPack) -> str | None:
+    """The base a pack needs when it is not the pretrained one: a joint run's packs name the
+    trained shared base saved beside them."""
+    name = pack.metadata.get("extra", {}).get("base")
+    if not name:
+        return None
+    path = Path(pack_path).parent / name
+    if not path.is_file():
+        raise PackError(f"{pack_path} was trained with the base {name}, which should be beside it: {path} is missing")
+    return str(path)
 
 
 def evaluate_pack(pack_path: str | Path, dataset: str | None = None, *, split: str = "test",

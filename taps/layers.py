@@ -38,7 +38,9 @@ class ComposeWeight(torch.autograd.Function):
             grad_delta = grad_w if ctx.on else torch.zeros_like(delta)
         if ctx.needs_input_grad[2]:
             grad_score = torch.sum(grad_w * delta).reshape(())
-        return None, grad_delta, grad_score, None
+        # The base weight itself trains only in joint multi-task training (Eq. 4): ∂L/∂w̄ = ∂L/∂w.
+        grad_weight = grad_w if ctx.needs_input_grad[0] else None
+        return grad_weight, grad_delta, grad_score, None
 
 
 def hard_gate(score: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -99,6 +99,14 @@ class MultiTaskModel(nn.Module):
         if len(backbones) != 1 or None in backbones:
             raise PackError(f"task packs for one base must name one backbone, got {sorted(map(str, backbones))}")
         first = next(iter(loaded.values()))
+        if checkpoint is None and weights == "auto":  # a joint run's packs name their trained base
+            from .inference import base_checkpoint
+
+            bases = {base_checkpoint(p, loaded[n]) if not isinstance(p, TaskPack) else None for n, p in packs.items()}
+            if len(bases) > 1:
+                raise PackError(f"these packs were trained on different bases ({sorted(map(str, bases))}); "
+                                "one MultiTaskModel serves packs of one base")
+            checkpoint = bases.pop()
         base = create_backbone(backbones.pop(), first.num_classes, weights, checkpoint=checkpoint)
         model = cls(base.to(device))
         for name, pack in loaded.items():

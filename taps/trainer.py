@@ -74,6 +74,8 @@ class TrainConfig:
     exclude: list[str] = field(default_factory=list)
     freeze_layers: int | None = None  # manual_freeze: trainable last-k layers
     freeze_budget_pct: float | None = None  # manual_freeze: or k matched to this budget
+    # Joint multi-task training (Eq. 4) over these datasets, method taps or finetune; empty: one task.
+    tasks: list[str] = field(default_factory=list)
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA; ignored on CPU
@@ -115,6 +117,14 @@ class TrainConfig:
         number("freeze_budget_pct", 0, 1000, optional=True)
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.tasks:
+            if not isinstance(self.tasks, (list, tuple)) or not all(isinstance(t, str) and t for t in self.tasks):
+                raise ConfigError(f"tasks must be a list of dataset names, got {self.tasks!r}")
+            if len(self.tasks) < 2 or len(set(self.tasks)) != len(self.tasks):
+                raise ConfigError(f"joint training needs at least two different datasets, got {list(self.tasks)}")
+            if self.method not in ("taps", "finetune"):
+                raise ConfigError(f"joint training runs method 'taps' (Eq. 4) or 'finetune' (a multi-head "
+                                  f"base), not {self.method!r}")
         if self.norm_stats not in ("frozen", "adapt"):
             raise ConfigError(f"norm_stats must be 'frozen' or 'adapt', got {self.norm_stats!r}")
         if self.penalty_mode not in ("layers", "params"):
@@ -129,7 +139,8 @@ class TrainConfig:
         A launcher calls this so bad input is refused before anything is queued."""
         self.validate()
         check_backbone(self.backbone)
-        require_dataset(self.dataset, data_root=self.data_root, allow_download=self.allow_download)
+        for dataset in self.tasks or [self.dataset]:
+            require_dataset(dataset, data_root=self.data_root, allow_download=self.allow_download)
         if self.checkpoint is not None and not Path(self.checkpoint).expanduser().is_file():
             raise WeightsUnavailableError(f"checkpoint file {self.checkpoint} does not exist; "
                                           "pass the path of a local weights file, or leave it unset")
@@ -160,9 +171,10 @@ class StepEvent:
     penalty: float
     lam_now: float  # λ after the warm-up ramp
     lr: float
-    scores: list[float]
+    scores: list[float]  # L per task: K·L in joint training, task after task
     active_layers: int
     images_per_sec: float
+    task_losses: list[float] | None = None  # joint training: each task's loss, in config.tasks order
 
 
 @dataclass
@@ -177,6 +189,7 @@ class EpochEvent:
     additional_params_pct: float
     active_layers: int
     seconds: float
+    tasks: dict | None = None  # joint training: each task's accuracies and costs
 
 
 @dataclass
@@ -192,6 +205,7 @@ class StartEvent:
     test_size: int
     total_steps: int
     start_epoch: int
+    tasks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -202,6 +216,8 @@ class TrainResult:
     layer_report: list[dict]
     pack_path: str | None
     history: list[dict]
+    task_packs: dict[str, str] = field(default_factory=dict)  # joint training: one pack per task
+    base_path: str | None = None  # joint training: the trained shared base
 
 
 class Callback(Protocol):
@@ -297,6 +313,10 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
     the last finished epoch and ends exactly where an uninterrupted run would (CPU, seeded).
     ``should_stop`` is polled every step: a cooperative cancel that keeps the last checkpoint."""
     config.validate()
+    if config.tasks:
+        from .joint import train_joint  # several tasks at once: Eq. 4
+
+        return train_joint(config, callbacks, should_stop=should_stop)
     out = Path(config.out_dir) if config.out_dir else None
     if out:
         out.mkdir(parents=True, exist_ok=True)

@@ -251,7 +251,8 @@ def test_task_packs_page_lists_sizes_and_classifies_an_upload(sweep_store, monke
     assert taps_packs[0] == finetune  # λ=0.1 kept every layer: as large as full fine-tuning
     assert taps_packs[-1] < finetune / 10  # λ=10 kept none: norms and head only
 
-    run_id = at.selectbox[0].value
+    run_id = table["run_id"].iloc[0]  # the first pack is the one selected
+    assert at.selectbox[0].value == store.artifacts(run_id, kind="pack")[0]["path"]
     png, label = _fashion_image(3)
     at.file_uploader[0].set_value(("item.png", png, "image/png")).run()
     assert_clean(at)

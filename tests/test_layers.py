@@ -72,3 +72,14 @@ def test_layer_switches_back_on_when_its_score_crosses_the_threshold():
     with torch.no_grad():
         layer.score.fill_(0.1)  # s ≥ τ is on
     assert layer.active
+
+
+def test_shared_weight_gradient_in_joint_training_is_the_weight_gradient():
+    """Joint MTL (Eq. 4) trains w̄ too: ∂L/∂w̄ = ∂L/∂w, whether the gate is on or off."""
+    x, target = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    for score in (0.5, 0.05):
+        layer = _gated_linear(score)
+        layer.weight.requires_grad_(True)
+        F.cross_entropy(layer(x), target).backward()
+        _, grad_w = _hand_gradient_wrt_weight(layer, x, target)
+        assert torch.allclose(layer.weight.grad, grad_w, atol=1e-6)

@@ -478,3 +478,43 @@ def test_threads_share_a_store_and_missing_runs_are_clear(store):
         store.record_steps("r-missing", [step_dict(1)])
     with pytest.raises(StoreError, match="no run"):
         store.heartbeat("r-missing")
+
+
+def test_a_version_1_store_is_migrated_and_keeps_its_runs(tmp_path):
+    from workbench.store import MIGRATIONS
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    conn = sqlite3.connect(root / DB_NAME)
+    for statement in MIGRATIONS[1]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO runs (id, status, config, created_at, method) VALUES "
+                 "('r-old', 'done', '{\"lam\": 0.5}', 1.0, 'taps')")
+    conn.execute("INSERT INTO steps (run_id, step, loss) VALUES ('r-old', 1, 0.7)")
+    conn.commit()
+    conn.close()
+    store = RunStore(root)
+    assert store.connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    run = store.get_run("r-old")
+    assert run["config"] == {"lam": 0.5} and run["tasks"] is None
+    assert [(s["step"], s["loss"], s["task_losses"]) for s in store.steps_since("r-old")] == [(1, 0.7, None)]
+
+
+def test_joint_runs_record_each_task_and_give_a_frontier_point_per_task(store):
+    run_id = store.create_run(config(tasks=["fashion-mnist", "digits"]))
+    assert store.get_run(run_id)["dataset"] == "fashion-mnist + digits"
+    store.record_start(run_id, dict(layer_names=["a"], tasks=["fashion-mnist", "digits"], total_steps=2))
+    store.record_steps(run_id, [dict(step_dict(1, scores=[0.2, 0.05]), task_losses=[1.5, 0.5])])
+    per_task = {"fashion-mnist": dict(test_acc=0.8, val_acc=0.7, task_specific_layers_pct=100.0,
+                                      additional_params_pct=50.0),
+                "digits": dict(test_acc=0.9, val_acc=0.95, task_specific_layers_pct=0.0, additional_params_pct=3.0)}
+    store.record_epoch(run_id, dict(epoch=0, epochs=1, test_acc=0.85, tasks=per_task))
+    store.set_status(run_id, "running")
+    store.finish(run_id, "done", metrics=dict(test_acc=0.85, tasks=per_task))
+    assert store.get_run(run_id)["tasks"] == ["fashion-mnist", "digits"]
+    assert store.steps_since(run_id)[0]["task_losses"] == [1.5, 0.5]
+    assert store.epochs(run_id)[0]["tasks"] == per_task
+    points = store.frontier()
+    assert [(p["dataset"], p["method"], p["test_acc"], p["task_specific_layers_pct"]) for p in points] == [
+        ("fashion-mnist", "taps_joint", 0.8, 100.0), ("digits", "taps_joint", 0.9, 0.0)]

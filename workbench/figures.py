@@ -33,7 +33,8 @@ AXIS_TITLES = {
 KIND_COLORS = {"conv": "#4C78A8", "attention-qkv": "#F58518", "attention-proj": "#E45756",
                "mlp": "#54A24B", "linear": "#B279A2"}
 REFERENCE_METHODS = {"finetune": ("full fine-tuning", "dash"), "feature_extractor": ("feature extractor", "dot")}
-OTHER_BASELINES = {"bn_only": ("BN + head", "diamond"), "manual_freeze": ("manual freeze", "square")}
+OTHER_BASELINES = {"bn_only": ("BN + head", "diamond"), "manual_freeze": ("manual freeze", "square"),
+                   "taps_joint": ("joint TAPS", "star"), "finetune_joint": ("joint fine-tuning", "cross")}
 TAPS_COLOR = "#1f77b4"
 DOMINATED_COLOR = "#9ecae1"
 # Off below τ, on at or above it: two flat colours with the boundary at the threshold.
@@ -61,14 +62,19 @@ def downsample(rows: Sequence, max_points: int) -> list:
     return picked
 
 
-def loss_figure(steps: Sequence[dict], *, title: str | None = "Loss", height: int = 300) -> go.Figure:
-    """Task loss, sparsity penalty (λ·mean|s| after the warm-up ramp) and their sum per step."""
+def loss_figure(steps: Sequence[dict], *, tasks: Sequence[str] = (), title: str | None = "Loss",
+                height: int = 300) -> go.Figure:
+    """Task loss, sparsity penalty (λ·mean|s| after the warm-up ramp) and their sum per step;
+    for a joint run (``tasks``), each task's own loss too."""
     fig = go.Figure()
     x = np.array([s["step"] for s in steps])
-    for key, name, dash in (("task_loss", "task loss", None), ("penalty", "penalty", "dot"),
-                            ("loss", "total", "dash")):
+    for key, name, dash in (("task_loss", "task loss" if not tasks else "Σ task losses", None),
+                            ("penalty", "penalty", "dot"), ("loss", "total", "dash")):
         y = np.array([s.get(key) for s in steps], dtype=float)  # None → nan: a gap in the line
         fig.add_trace(go.Scatter(x=x, y=y, name=name, mode="lines", line=dict(dash=dash)))
+    for k, task in enumerate(tasks):
+        y = np.array([(s.get("task_losses") or [None] * len(tasks))[k] for s in steps], dtype=float)
+        fig.add_trace(go.Scatter(x=x, y=y, name=task, mode="lines", line=dict(width=1)))
     fig.update_xaxes(title="step")
     fig.update_yaxes(title="loss", rangemode="tozero")
     return _layout(fig, title, height)

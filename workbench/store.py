@@ -53,7 +53,7 @@ __all__ = [
     "DB_NAME", "ENV_VAR", "default_root",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "runs.sqlite"
 ENV_VAR = "TAPS_RUNS_DIR"
 BUSY_TIMEOUT_S = 10.0
@@ -69,7 +69,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "cancelled": frozenset({"queued"}),   # resume
 }
 
-_JSON_FIELDS = ("config", "metrics", "layer_names", "layer_kinds", "layer_params", "classes")
+_JSON_FIELDS = ("config", "metrics", "layer_names", "layer_kinds", "layer_params", "classes", "tasks")
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _STEP_FIELDS = ("epoch", "loss", "task_loss", "penalty", "lam_now", "lr", "active_layers",
                 "images_per_sec", "t")
@@ -165,12 +165,18 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX artifacts_by_run ON artifacts(run_id, kind)",
     ),
+    # Joint multi-task runs: their datasets, each task's loss per step and metrics per epoch (JSON).
+    2: (
+        "ALTER TABLE runs ADD COLUMN tasks TEXT",
+        "ALTER TABLE steps ADD COLUMN task_losses TEXT",
+        "ALTER TABLE epochs ADD COLUMN tasks TEXT",
+    ),
 }
 
 # Public so tests and tools can EXPLAIN it: an indexed range scan of the steps' primary key.
 STEPS_SINCE_SQL = (
     "SELECT s.step, s.epoch, s.loss, s.task_loss, s.penalty, s.lam_now, s.lr, s.active_layers, "
-    "s.images_per_sec, s.t{scores} FROM steps AS s{join} "
+    "s.images_per_sec, s.t, s.task_losses{scores} FROM steps AS s{join} "
     "WHERE s.run_id = ? AND s.step > ? ORDER BY s.step LIMIT ?"
 )
 SCORES_SQL = ("SELECT step, scores FROM step_scores WHERE run_id = ? AND step > ? AND step % ? = 0 "
@@ -435,6 +441,7 @@ class RunStore:
             raise StoreError(f"a run's config must be a dict, got {type(config).__name__}")
         config = dict(config)
         config_json = _dumps(config, "a run's config")
+        dataset = " + ".join(config["tasks"]) if config.get("tasks") else config.get("dataset")
         now = time.time()
         for _ in range(100):
             run_id = self._new_id(now)
@@ -456,7 +463,7 @@ class RunStore:
                 conn.execute(
                     "INSERT INTO runs (id, name, sweep, status, method, dataset, backbone, lam, lr, config, "
                     "created_at, epochs, backend, device) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, name, sweep, config.get("method"), config.get("dataset"), config.get("backbone"),
+                    (run_id, name, sweep, config.get("method"), dataset, config.get("backbone"),
                      _opt_float(config.get("lam")), _opt_float(config.get("lr")), config_json, now,
                      _opt_int(config.get("epochs")), backend, config.get("device")))
         except BaseException as e:
@@ -608,14 +615,15 @@ class RunStore:
                 "UPDATE runs SET layer_names = ?, layer_kinds = ?, layer_params = ?, classes = ?, "
                 "total_steps = COALESCE(?, total_steps), device = COALESCE(?, device), train_size = ?, "
                 "val_size = ?, test_size = ?, epochs = COALESCE(?, epochs), heartbeat_at = ?, "
-                "epochs_done = MIN(epochs_done, ?) WHERE id = ?",
+                "epochs_done = MIN(epochs_done, ?), tasks = ? WHERE id = ?",
                 (_dumps(list(d.get("layer_names") or []), "layer names"),
                  _dumps(list(d.get("layer_kinds") or []), "layer kinds"),
                  _dumps([int(p) for p in d.get("layer_params") or []], "layer parameters"),
                  _dumps(list(d.get("classes") or []), "classes"),
                  _opt_int(d.get("total_steps")), d.get("device"), _opt_int(d.get("train_size")),
                  _opt_int(d.get("val_size")), _opt_int(d.get("test_size")),
-                 _opt_int((d.get("config") or {}).get("epochs")), time.time(), start_epoch, run_id))
+                 _opt_int((d.get("config") or {}).get("epochs")), time.time(), start_epoch,
+                 _dumps(list(d["tasks"]), "tasks") if d.get("tasks") else None, run_id))
             if cur.rowcount == 0:
                 raise StoreError(f"no run {run_id!r} in the run store {self.root}")
             conn.execute("DELETE FROM step_scores WHERE run_id = ? AND step IN "
@@ -642,13 +650,15 @@ class RunStore:
                          _opt_float(d.get("task_loss")), _opt_float(d.get("penalty")),
                          _opt_float(d.get("lam_now")), _opt_float(d.get("lr")),
                          _opt_int(d.get("active_layers")), _opt_float(d.get("images_per_sec")),
-                         float(d.get("t") or now)))
+                         float(d.get("t") or now),
+                         _dumps([float(v) for v in d["task_losses"]], "task losses") if d.get("task_losses") else None))
             scores = d.get("scores")
             if scores is not None:
                 score_rows.append((run_id, step, _encode_scores(scores)))
         with self._tx(f"recording {len(rows)} steps of run {run_id}") as conn:
             conn.executemany("INSERT OR REPLACE INTO steps (run_id, step, epoch, loss, task_loss, penalty, "
-                             "lam_now, lr, active_layers, images_per_sec, t) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+                             "lam_now, lr, active_layers, images_per_sec, t, task_losses) "
+                             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             if score_rows:
                 conn.executemany("INSERT OR REPLACE INTO step_scores (run_id, step, scores) VALUES (?, ?, ?)",
                                  score_rows)
@@ -661,10 +671,11 @@ class RunStore:
         now = time.time()
         e = int(d["epoch"])
         values = [_opt_int(d.get("epochs"))] + [_opt_float(d.get(k)) for k in _EPOCH_FIELDS[1:7]] + \
-                 [_opt_int(d.get("active_layers")), _opt_float(d.get("seconds")), float(d.get("t") or now)]
+                 [_opt_int(d.get("active_layers")), _opt_float(d.get("seconds")), float(d.get("t") or now),
+                  _dumps(d["tasks"], "per-task metrics") if d.get("tasks") else None]
         with self._tx(f"recording epoch {e} of run {run_id}") as conn:
-            conn.execute(f"INSERT OR REPLACE INTO epochs (run_id, epoch, {', '.join(_EPOCH_FIELDS)}) "
-                         f"VALUES ({', '.join('?' * (len(_EPOCH_FIELDS) + 2))})", (run_id, e, *values))
+            conn.execute(f"INSERT OR REPLACE INTO epochs (run_id, epoch, {', '.join(_EPOCH_FIELDS)}, tasks) "
+                         f"VALUES ({', '.join('?' * (len(_EPOCH_FIELDS) + 3))})", (run_id, e, *values))
             conn.execute("UPDATE runs SET epochs_done = MAX(epochs_done, ?), heartbeat_at = ? WHERE id = ?",
                          (e + 1, now, run_id))
 
@@ -702,6 +713,8 @@ class RunStore:
         out = []
         for r in rows:
             d = dict(r)
+            if d["task_losses"] is not None:
+                d["task_losses"] = json.loads(d["task_losses"])
             if with_scores:
                 d["scores"] = _decode_scores(d["scores"]) if d["scores"] is not None else None
             out.append(d)
@@ -722,9 +735,12 @@ class RunStore:
         return [r[0] for r in rows], [_decode_scores(r[1]) for r in rows]
 
     def epochs(self, run_id: str) -> list[dict]:
-        rows = self._read(f"SELECT epoch, {', '.join(_EPOCH_FIELDS)} FROM epochs WHERE run_id = ? ORDER BY epoch",
-                          (run_id,), f"reading epochs of run {run_id}")
-        return [dict(r) for r in rows]
+        rows = self._read(f"SELECT epoch, {', '.join(_EPOCH_FIELDS)}, tasks FROM epochs WHERE run_id = ? "
+                          "ORDER BY epoch", (run_id,), f"reading epochs of run {run_id}")
+        out = [dict(r) for r in rows]
+        for d in out:
+            d["tasks"] = json.loads(d["tasks"]) if d["tasks"] is not None else None
+        return out
 
     def frontier(self, sweep: str | None = None, run_ids: Iterable[str] | None = None) -> list[dict]:
         """Finished (done) runs' final trade-off: run_id, name, sweep, method, dataset, backbone,
@@ -747,6 +763,12 @@ class RunStore:
                 continue
             row = {"run_id": r["id"], "name": r["name"], "sweep": r["sweep"], "method": r["method"],
                    "dataset": r["dataset"], "backbone": r["backbone"], "lam": r["lam"], "lr": r["lr"]}
+            per_task = metrics.get("tasks")
+            if isinstance(per_task, dict) and per_task:  # a joint run: one point per task
+                for task, m in per_task.items():
+                    out.append(dict(row, dataset=task, method=f"{r['method']}_joint",
+                                    **{k: m.get(k) for k in _FRONTIER_METRICS}))
+                continue
             row.update({k: metrics.get(k) for k in _FRONTIER_METRICS})
             out.append(row)
         return out

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 from .store import TERMINAL, RunStore
 
 __all__ = [
-    "run_rows", "RunProgress", "run_progress", "final_scores", "layer_patterns", "layer_report_rows",
+    "run_rows", "RunProgress", "run_progress", "final_scores", "layer_patterns", "layer_report_rows", "task_scores",
     "estimate_seconds", "pack_rows", "format_duration", "run_label",
 ]
 
@@ -42,7 +42,10 @@ def run_label(run: dict) -> str:
     if run.get("name"):
         return run["name"]
     method = run.get("method") or "run"
-    return f"{method} λ={run['lam']:g}" if method == "taps" and run.get("lam") is not None else method
+    if run.get("tasks") or (run.get("config") or {}).get("tasks"):
+        method = f"joint {method}"
+    lam = run.get("lam")
+    return f"{method} λ={lam:g}" if method.endswith("taps") and lam is not None else method
 
 
 def _progress_fraction(run: dict) -> float:
@@ -123,17 +126,27 @@ def _threshold(run: dict) -> float:
     return float((run.get("config") or {}).get("threshold", 0.1))
 
 
+def task_scores(run: dict, scores: Sequence[float]) -> list[tuple[str | None, list[float]]]:
+    """(task, its L scores) for each task of a run: a joint run records its K tasks' scores one
+    after the other in each step; any other run has one task (None)."""
+    tasks = run.get("tasks") or [None]
+    n = len(run.get("layer_names") or []) or len(scores)
+    return [(t, list(scores[k * n:(k + 1) * n])) for k, t in enumerate(tasks)]
+
+
 def layer_report_rows(run: dict, scores: Sequence[float] | None) -> list[dict]:
     """The final per-layer report of a run from the store: index, name, type, parameters, score,
-    task-specific or shared."""
+    task-specific or shared (one block of rows per task for a joint run)."""
     if not scores or not run.get("layer_names"):
         return []
     tau = _threshold(run)
-    kinds = run.get("layer_kinds") or [""] * len(scores)
-    params = run.get("layer_params") or [None] * len(scores)
-    return [{"layer": i, "name": name, "type": kind, "parameters": p, "score": round(s, 4),
-             "task-specific": s >= tau}
-            for i, (name, kind, p, s) in enumerate(zip(run["layer_names"], kinds, params, scores))]
+    names = run["layer_names"]
+    kinds = run.get("layer_kinds") or [""] * len(names)
+    params = run.get("layer_params") or [None] * len(names)
+    return [{**({"task": task} if task else {}), "layer": i, "name": name, "type": kind, "parameters": p,
+             "score": round(s, 4), "task-specific": s >= tau}
+            for task, block in task_scores(run, scores)
+            for i, (name, kind, p, s) in enumerate(zip(names, kinds, params, block))]
 
 
 def layer_patterns(store: RunStore, runs: Sequence[dict]) -> tuple[list[dict], list[str], list[str], float]:
@@ -151,14 +164,16 @@ def layer_patterns(store: RunStore, runs: Sequence[dict]) -> tuple[list[dict], l
         elif run["layer_names"] != names:
             raise ValueError(f"run {run['id']} ({run.get('backbone')}) has other layers than the first run; "
                              "compare runs of one backbone")
-        label = run_label(run)
-        acc = (run.get("metrics") or {}).get("test_acc")
-        if acc is not None:
-            label += f" · {acc:.3f}"
-        seen[label] = seen.get(label, 0) + 1
-        if seen[label] > 1:  # rows of a heatmap are keyed by label: keep them apart
-            label += f" ({run['id'][-4:]})"
-        rows.append({"run_id": run["id"], "label": label, "scores": scores})
+        metrics = run.get("metrics") or {}
+        for task, block in task_scores(run, scores):
+            label = run_label(run) + (f" · {task}" if task else "")
+            acc = ((metrics.get("tasks") or {}).get(task) or {}).get("test_acc") if task else metrics.get("test_acc")
+            if acc is not None:
+                label += f" · {acc:.3f}"
+            seen[label] = seen.get(label, 0) + 1
+            if seen[label] > 1:  # rows of a heatmap are keyed by label: keep them apart
+                label += f" ({run['id'][-4:]})"
+            rows.append({"run_id": run["id"], "label": label, "scores": block})
     return rows, names or [], kinds or [], tau
 
 
@@ -203,9 +218,13 @@ def pack_rows(store: RunStore, runs: Iterable[dict]) -> list[dict]:
             if not path.is_file():
                 continue
             m = run.get("metrics") or {}
+            dataset = run.get("dataset")
+            if run.get("tasks") and path.name.startswith("task-"):  # a joint run: one pack per task
+                dataset = path.name[len("task-"):].split(".safetensors")[0]
+                m = (m.get("tasks") or {}).get(dataset, {})
             size = path.stat().st_size
             full = ((m.get("base_params") or 0) + (m.get("head_params") or 0)) * BYTES_PER_PARAM or None
-            rows.append({"run_id": run["id"], "name": run_label(run), "dataset": run.get("dataset"),
+            rows.append({"run_id": run["id"], "name": run_label(run), "dataset": dataset,
                          "backbone": run.get("backbone"), "method": run.get("method"),
                          "λ": run.get("lam") if run.get("method") == "taps" else None,
                          "test acc": m.get("test_acc"), "layers": m.get("active_layers"),

@@ -106,8 +106,10 @@ def run(store: RunStore, run_id: str) -> int:
             print(f"worker: resuming from {folder / CHECKPOINT}", file=sys.stderr, flush=True)
         result = train(config, callbacks, resume=resume, should_stop=should_stop)
         recorder.close()
-        if result.pack_path:
-            store.add_artifact(run_id, "pack", result.pack_path)
+        for pack in ([result.pack_path] if result.pack_path else []) + list(result.task_packs.values()):
+            store.add_artifact(run_id, "pack", pack)
+        if result.base_path:  # a joint run's trained shared base, which its packs need
+            store.add_artifact(run_id, "base", result.base_path)
         if (folder / CHECKPOINT).exists():
             store.add_artifact(run_id, "checkpoint", folder / CHECKPOINT)
         store.add_artifact(run_id, "log", folder / "log.txt")

@@ -1,0 +1,97 @@
+"""Joint multi-task TAPS (Eq. 4) and its memory-efficient variant, on the two offline tasks."""
+import math
+
+import pytest
+import torch
+
+from taps.backbones import create_backbone
+from taps.inference import evaluate_on
+from taps.joint import BASE, train_memory_efficient
+from taps.multitask import MultiTaskModel
+from taps.packs import read_pack
+from taps.trainer import TrainConfig, train
+
+TASKS = ["fashion-mnist", "digits"]
+TINY = dict(resolution=32, train_subset=200, eval_subset=100, epochs=1, batch_size=32)
+
+
+class Recorder:
+    def __init__(self):
+        self.start, self.steps, self.epochs = None, [], []
+
+    def on_start(self, e):
+        self.start = e
+
+    def on_step(self, e):
+        self.steps.append(e)
+
+    def on_epoch(self, e):
+        self.epochs.append(e)
+
+
+@pytest.fixture(scope="module")
+def joint_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("joint")
+    rec = Recorder()
+    # Fast scores and no warm-up: in six steps λ=1 already switches layers off.
+    result = train(TrainConfig(**TINY, tasks=TASKS, lam=1.0, score_lr=0.5, penalty_warmup=0.0, out_dir=str(out)),
+                   [rec])
+    return result, rec, out
+
+
+def test_joint_run_records_every_task(joint_run):
+    result, rec, _ = joint_run
+    assert rec.start.tasks == TASKS and len(rec.start.layer_names) == 49
+    assert [e.step for e in rec.steps] == list(range(1, rec.start.total_steps + 1))
+    for e in rec.steps:
+        assert len(e.task_losses) == 2 and len(e.scores) == 2 * 49  # both tasks' scores, task after task
+        assert math.isclose(e.task_loss, sum(e.task_losses), rel_tol=1e-6)
+        assert math.isclose(e.loss, e.task_loss + e.penalty, rel_tol=1e-5)
+    (epoch,) = rec.epochs
+    assert set(epoch.tasks) == set(TASKS)
+    assert epoch.test_acc == pytest.approx(sum(epoch.tasks[t]["test_acc"] for t in TASKS) / 2)
+    assert result.metrics["tasks"] == epoch.tasks
+    assert rec.steps[-1].active_layers == sum(epoch.tasks[t]["active_layers"] for t in TASKS)
+
+
+def test_joint_run_trains_the_shared_base_and_its_packs_serve_each_task_exactly(joint_run):
+    result, _, out = joint_run
+    assert set(result.task_packs) == set(TASKS) and result.base_path == str(out / BASE)
+    pretrained = create_backbone("efficientnet_lite0", 10)
+    trained = create_backbone("efficientnet_lite0", 10, checkpoint=result.base_path)
+    changed = [n for (n, a), (_, b) in zip(pretrained.state_dict().items(), trained.state_dict().items())
+               if not n.startswith("classifier") and a.is_floating_point() and not torch.equal(a, b)]
+    assert changed and all(n.endswith(("weight", "bias")) and "bn" not in n for n in changed)
+    assert trained.pretrained_cfg["mean"] == pretrained.pretrained_cfg["mean"]  # TF-style Lite semantics kept
+
+    mt = MultiTaskModel.from_packs(result.task_packs)  # finds the joint base beside the packs
+    for task in TASKS:
+        assert read_pack(result.task_packs[task]).metadata["extra"]["dataset"] == task
+        got = evaluate_on(mt.task_model(task), mt.task_metadata(task), eval_subset=100)
+        assert got["accuracy"] == result.metrics["tasks"][task]["test_acc"]
+        assert mt.report().tasks[task].active_layers == result.metrics["tasks"][task]["active_layers"]
+
+
+def test_memory_efficient_variant_serves_its_tasks_from_one_base(tmp_path):
+    results = train_memory_efficient(TrainConfig(**TINY, tasks=TASKS, lam=1.0, out_dir=str(tmp_path)))
+    joint = results["joint"]
+    assert all(m["active_layers"] == 0 for m in joint.metrics["tasks"].values())  # fine-tuned base, no deltas
+    mt = MultiTaskModel.from_packs({t: results[t].pack_path for t in TASKS}, checkpoint=joint.base_path)
+    for task in TASKS:
+        got = evaluate_on(mt.task_model(task), mt.task_metadata(task), eval_subset=100)
+        assert got["accuracy"] == results[task].metrics["test_acc"]
+
+
+def test_joint_settings_are_checked():
+    from taps.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least two different datasets"):
+        TrainConfig(tasks=["digits"]).validate()
+    with pytest.raises(ConfigError, match="at least two different datasets"):
+        TrainConfig(tasks=["digits", "digits"]).validate()
+    with pytest.raises(ConfigError, match="not 'bn_only'"):
+        TrainConfig(tasks=TASKS, method="bn_only").validate()
+    from taps.errors import UnknownDatasetError
+
+    with pytest.raises(UnknownDatasetError):
+        TrainConfig(tasks=["digits", "no-such-data"]).preflight()
