@@ -285,3 +285,41 @@ def test_pages_with_two_hundred_runs(tmp_path, monkeypatch):
     at.switch_page(PATTERNS).run()
     assert_clean(at)
     assert len(at.multiselect[0].value) == 5
+
+
+def test_joint_run_from_the_form_shows_each_task(tmp_path, monkeypatch):
+    at = app(tmp_path, monkeypatch)
+    at.selectbox[2].set_value("joint").run()
+    assert at.multiselect[0].value == ["fashion-mnist", "digits"]
+    for label, key in (("Epochs", "epochs"), ("Resolution (px)", "resolution"),
+                       ("Training images (0: all)", "train_subset"), ("Evaluation images (0: all)", "eval_subset")):
+        _number(at, label).set_value(TINY[key])
+    at.run()
+    at.button[0].click().run()
+    assert_clean(at)
+    store = RunStore(tmp_path)
+    (run,) = store.list_runs()
+    assert run["config"]["tasks"] == ["fashion-mnist", "digits"] and run["dataset"] == "fashion-mnist + digits"
+    run_until(at, _finished, timeout=300)
+    run = store.get_run(run["id"])
+    loss, accuracy, *heatmaps = charts(at)
+    assert {t["name"] for t in loss["data"]} >= {"fashion-mnist", "digits"}
+    assert [h["layout"]["title"]["text"].split(": ")[-1] for h in heatmaps] == ["fashion-mnist", "digits"]
+    _, matrix = store.scores_matrix(run["id"])
+    for k, h in enumerate(heatmaps):
+        np.testing.assert_allclose(np.asarray(trace(h, type_="heatmap")["z"]),
+                                   np.asarray(matrix, dtype=np.float32)[:, 49 * k:49 * (k + 1)].T)
+
+    at.switch_page(FRONTIER).run()
+    assert_clean(at)
+    at.selectbox[0].set_value("digits").run()
+    (fig,) = charts(at)
+    joint = trace(fig, "joint TAPS")
+    assert list(joint["y"]) == [run["metrics"]["tasks"]["digits"]["test_acc"]]
+
+    at.switch_page(PACKS).run()
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert sorted(table["dataset"]) == ["digits", "fashion-mnist"]
+    for _, row in table.iterrows():
+        assert row["test acc"] == run["metrics"]["tasks"][row["dataset"]]["test_acc"]
