@@ -20,11 +20,13 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        base = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+        # Optional[X] → X; but list[str] is itself the type (its args are the item type).
+        base = [kind] if typing.get_origin(kind) is list else \
+            [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
         if base[0] is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         elif typing.get_origin(base[0]) is list:
-            parser.add_argument(flag, nargs="*", default=default, metavar="PATTERN")
+            parser.add_argument(flag, nargs="*", default=default, metavar="DATASET" if f.name == "tasks" else "PATTERN")
         else:
             parser.add_argument(flag, type=base[0], default=default)
 
@@ -95,6 +97,13 @@ def _run(args) -> int:
                                                f"({m['task_specific_layers_pct']:.1f}%)"),
                       ("additional params", f"{m['additional_params']:,} ({m['additional_params_pct']:.2f}%)"),
                       ("task pack", result.pack_path or "-")]))
+        for task, path in result.task_packs.items():  # a joint run: each task's own numbers
+            tm = m["tasks"][task]
+            print(_table([("task", task), ("test accuracy", tm["test_acc"]),
+                          ("task-specific layers", f"{tm['active_layers']}/{tm['gated_layers']}"),
+                          ("task pack", path)]))
+        if result.base_path:
+            print(f"trained shared base: {result.base_path}")
     elif args.command == "eval":
         from .inference import evaluate_pack
 

@@ -234,9 +234,14 @@ def train_joint(config: TrainConfig, callbacks=(), *, should_stop: Callable[[], 
         _emit(callbacks, "on_epoch", record)
 
     final = history[-1] if history else {}
+    per_task = final.get("tasks") or {}
+    # Means over tasks for accuracies and percentages, sums for counts; each task's own under "tasks".
     metrics = {k: final.get(k) for k in ("val_acc", "test_acc", "train_acc", "task_specific_layers_pct",
-                                        "additional_params_pct", "active_layers")}
-    metrics["tasks"] = final.get("tasks") or {}
+                                        "additional_params_pct")}
+    metrics.update({k: sum(m[k] for m in per_task.values()) for k in (
+        "gated_layers", "active_layers", "delta_params", "norm_params", "head_params", "additional_params")})
+    metrics["base_params"] = next((m["base_params"] for m in per_task.values()), None)
+    metrics["tasks"] = per_task
     packs: dict[str, str] = {}
     if out and status == "done":
         base_state = _base_state(model, pretrained_norms, head)
