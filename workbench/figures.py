@@ -187,8 +187,10 @@ def frontier_figure(points: Sequence[dict], *, x: str = "task_specific_layers_pc
                                  customdata=[best["run_id"]], marker=dict(size=9, symbol="x", color="#666"),
                                  hovertemplate=name + "<br>%{x:.1f}<br>%{y:.3f}<br>run %{customdata}"
                                                       "<extra></extra>"))
-    fig.update_xaxes(title=AXIS_TITLES[x], rangemode="tozero")
-    ys = [p[y] for p in usable]
+    xs, ys = [p[x] for p in usable], [p[y] for p in usable]
+    # Padding on both sides: points at 0 % (feature extractor, large λ) and their labels stay whole.
+    x_hi = max(xs + [1.0])
+    fig.update_xaxes(title=AXIS_TITLES[x], range=[-0.06 * x_hi, 1.08 * x_hi])
     if ys:  # pad around the data, within [0, 1]: one point alone would otherwise span −0.5…1
         pad = max(0.02, 0.1 * (max(ys) - min(ys)))
         fig.update_yaxes(range=[max(0.0, min(ys) - pad), min(1.0, max(ys) + pad)])

@@ -221,7 +221,7 @@ class Launcher:
     def _poll_children(self) -> None:
         for run_id, proc in list(self._procs.items()):
             if proc.poll() is not None:  # collects the exit status: no zombie stays behind
-                del self._procs[run_id]
+                self._procs.pop(run_id, None)  # another thread may have collected it first
 
     def _reap_locked(self) -> list[str]:
         self._poll_children()
