@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .adaptation import gated_layers, head_name, norm_layers, replace_module
-from .backbones import device_description, input_normalization, resolve_device, save_backbone_checkpoint
+from .backbones import device_description, input_normalization, save_backbone_checkpoint
 from .data import load_dataset
 from .methods import fix_gates, set_train_mode
 from .packs import NORM_FIELDS, save_pack
@@ -38,7 +38,7 @@ from .penalty import penalty_weights, sparsity_penalty
 from .errors import TrainingError
 from .stats import layer_report, summarize
 from .trainer import (EpochEvent, Normalize, StartEvent, StepEvent, TrainConfig, TrainResult, _emit, build_model,
-                      evaluate, mixed_precision_dtype, penalty_ramp, seed_everything)
+                      evaluate, mixed_precision_dtype, penalty_ramp, prepare_run, seed_everything)
 
 BASE = "base.safetensors"
 JOINT_METHODS = ("taps", "finetune")
@@ -106,12 +106,7 @@ def train_joint(config: TrainConfig, callbacks=(), *, should_stop: Callable[[], 
     """Train ``config.tasks`` jointly (Eq. 4); see the module docstring."""
     config.validate()
     tasks = list(config.tasks)
-    out = Path(config.out_dir) if config.out_dir else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    out, device = prepare_run(config)
 
     data = {t: load_dataset(t, resolution=config.resolution, train_subset=config.train_subset,
                             test_subset=config.eval_subset, val_fraction=config.val_fraction, seed=config.seed,

@@ -307,6 +307,18 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k in keep or k not in params}
 
 
+def prepare_run(config: TrainConfig) -> tuple[Path | None, torch.device]:
+    """What every training run starts with: its output folder, seeds, the device, and
+    deterministic kernels on CPU (a seeded CPU run repeats exactly)."""
+    out = Path(config.out_dir) if config.out_dir else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    return out, device
+
+
 def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool = False,
           should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
     """Train one task. With ``resume`` and a checkpoint in ``config.out_dir`` it continues after
@@ -317,12 +329,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         from .joint import train_joint  # several tasks at once: Eq. 4
 
         return train_joint(config, callbacks, should_stop=should_stop)
-    out = Path(config.out_dir) if config.out_dir else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    out, device = prepare_run(config)
 
     # Images arrive in [0, 1]; the backbone's own normalisation is applied on the device, so the
     # data pipeline does not depend on which backbone trains on it.

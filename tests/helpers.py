@@ -1,4 +1,4 @@
-"""Small shared fixtures for tests: models in a known non-trivial TAPS state."""
+"""Small shared fixtures for tests: models in a known non-trivial TAPS state, an event recorder."""
 import torch
 import torchvision
 
@@ -27,3 +27,19 @@ def scramble(model: torch.nn.Module, off_every: int = 2, seed: int = 0) -> None:
             norm.weight.copy_(1 + 0.1 * torch.randn(norm.weight.shape, generator=g))
     head = model.get_submodule(taps.find_head(model))
     head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.1)
+
+
+class Recorder:
+    """A trainer callback keeping every event it is given."""
+
+    def __init__(self):
+        self.start, self.steps, self.epochs = None, [], []
+
+    def on_start(self, e):
+        self.start = e
+
+    def on_step(self, e):
+        self.steps.append(e)
+
+    def on_epoch(self, e):
+        self.epochs.append(e)

@@ -30,6 +30,14 @@ def _lam(at):
     return _text(at, "λ (sparsity)")
 
 
+def _tiny_form(at) -> None:
+    """The Launch form's sizes set to a run of a few seconds."""
+    for label, key in (("Epochs", "epochs"), ("Resolution (px)", "resolution"),
+                       ("Training images (0: all)", "train_subset"), ("Evaluation images (0: all)", "eval_subset")):
+        _number(at, label).set_value(TINY[key])
+    at.run()
+
+
 def _finished(at) -> bool:
     return bool(at.subheader) and at.subheader[0].value.endswith("-badge[done]")
 
@@ -100,10 +108,7 @@ def test_bad_input_shows_a_message_and_launches_nothing(tmp_path, monkeypatch, c
 
 def test_launch_a_tiny_run_and_watch_it_finish_with_a_heatmap(tmp_path, monkeypatch):
     at = app(tmp_path, monkeypatch)
-    for label, key in (("Epochs", "epochs"), ("Resolution (px)", "resolution"),
-                       ("Training images (0: all)", "train_subset"), ("Evaluation images (0: all)", "eval_subset")):
-        _number(at, label).set_value(TINY[key])
-    at.run()
+    _tiny_form(at)
     at.button[0].click().run()
     assert_clean(at)
     assert at.title[0].value == "Runs"
@@ -291,10 +296,7 @@ def test_joint_run_from_the_form_shows_each_task(tmp_path, monkeypatch):
     at = app(tmp_path, monkeypatch)
     at.selectbox[2].set_value("joint").run()
     assert at.multiselect[0].value == ["fashion-mnist", "digits"]
-    for label, key in (("Epochs", "epochs"), ("Resolution (px)", "resolution"),
-                       ("Training images (0: all)", "train_subset"), ("Evaluation images (0: all)", "eval_subset")):
-        _number(at, label).set_value(TINY[key])
-    at.run()
+    _tiny_form(at)
     at.button[0].click().run()
     assert_clean(at)
     store = RunStore(tmp_path)

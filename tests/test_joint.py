@@ -10,23 +10,10 @@ from taps.joint import BASE, train_memory_efficient
 from taps.multitask import MultiTaskModel
 from taps.packs import read_pack
 from taps.trainer import TrainConfig, train
+from tests.helpers import Recorder
 
 TASKS = ["fashion-mnist", "digits"]
 TINY = dict(resolution=32, train_subset=200, eval_subset=100, epochs=1, batch_size=32)
-
-
-class Recorder:
-    def __init__(self):
-        self.start, self.steps, self.epochs = None, [], []
-
-    def on_start(self, e):
-        self.start = e
-
-    def on_step(self, e):
-        self.steps.append(e)
-
-    def on_epoch(self, e):
-        self.epochs.append(e)
 
 
 @pytest.fixture(scope="module")

@@ -18,22 +18,9 @@ import taps
 from taps.errors import ConfigError, DatasetUnavailableError, TrainingError, UnknownBackboneError, UnknownDatasetError
 from taps.inference import evaluate_pack
 from taps.trainer import TrainConfig, train
+from tests.helpers import Recorder
 
 TINY = dict(resolution=32, train_subset=160, eval_subset=100, batch_size=16, epochs=2, lr=0.02)
-
-
-class Recorder:
-    def __init__(self):
-        self.start, self.steps, self.epochs = None, [], []
-
-    def on_start(self, e):
-        self.start = e
-
-    def on_step(self, e):
-        self.steps.append(e)
-
-    def on_epoch(self, e):
-        self.epochs.append(e)
 
 
 def test_events_metrics_and_pack_agree(tmp_path):
