@@ -165,6 +165,7 @@ def train_joint(config: TrainConfig, callbacks=(), *, should_stop: Callable[[], 
         while True:  # smaller tasks start over: every step has a batch of every task
             yield from loader(t, epoch)
 
+    layers = gated_layers(model)  # the same modules throughout: tasks swap tensors, not layers
     history, status = [], "done"
     for epoch in range(config.epochs):
         seed_everything(config.seed * 1000 + epoch)
@@ -197,7 +198,6 @@ def train_joint(config: TrainConfig, callbacks=(), *, should_stop: Callable[[], 
             optimizer.step()
             scheduler.step()
             all_scores = [s.item() for t in tasks for s in states[t].scores]
-            layers = gated_layers(model)
             _emit(callbacks, "on_step", StepEvent(
                 step=step, total_steps=total_steps, epoch=epoch, loss=sum(task_losses) + sum(penalties),
                 task_loss=sum(task_losses), penalty=sum(penalties), lam_now=lam_now,
