@@ -18,7 +18,6 @@ so :class:`taps.multitask.MultiTaskModel` serves a joint run's tasks like increm
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -38,7 +37,8 @@ from .penalty import penalty_weights, sparsity_penalty
 from .errors import TrainingError
 from .stats import layer_report, summarize
 from .trainer import (EpochEvent, Normalize, StartEvent, StepEvent, TrainConfig, TrainResult, _emit, build_model,
-                      evaluate, mixed_precision_dtype, penalty_ramp, prepare_run, seed_everything)
+                      build_scheduler, eval_loader, evaluate, mixed_precision_dtype, penalty_ramp, prepare_run,
+                      seed_everything)
 
 BASE = "base.safetensors"
 JOINT_METHODS = ("taps", "finetune")
@@ -141,11 +141,7 @@ def train_joint(config: TrainConfig, callbacks=(), *, should_stop: Callable[[], 
     drop_last = all(len(d.train) >= config.batch_size for d in data.values())
     steps_per_epoch = max(len(d.train) // config.batch_size if drop_last else 1 for d in data.values())
     total_steps = steps_per_epoch * config.epochs
-    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    freeze_at = config.gate_freeze * total_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [cosine if g["name"] == "weights" else (lambda s: cosine(s) if s < freeze_at else 0.0)
-                    for g in optimizer.param_groups])
+    scheduler = build_scheduler(optimizer, config, total_steps)
     weights = penalty_weights(model, config.penalty_mode).to(device) if config.method == "taps" else None
 
     report = layer_report(model)
@@ -214,8 +210,8 @@ def train_joint(config: TrainConfig, callbacks=(), *, should_stop: Callable[[], 
             states[t].install(model, head)
             stats = summarize(model)
             per_task[t] = {
-                "val_acc": evaluate(model, _eval_loader(data[t].val, config, pin), device, amp_dtype, normalize),
-                "test_acc": evaluate(model, _eval_loader(data[t].test, config, pin), device, amp_dtype, normalize),
+                "val_acc": evaluate(model, eval_loader(data[t].val, config, pin), device, amp_dtype, normalize),
+                "test_acc": evaluate(model, eval_loader(data[t].test, config, pin), device, amp_dtype, normalize),
                 **stats.to_dict()}
         mean_of = lambda key: sum(m[key] for m in per_task.values()) / len(per_task)
         record = EpochEvent(
@@ -252,11 +248,6 @@ def train_joint(config: TrainConfig, callbacks=(), *, should_stop: Callable[[], 
     return TrainResult(status=status, epochs_done=len(history), metrics=metrics,
                        layer_report=[r.to_dict() for r in layer_report(model)], pack_path=None,
                        history=history, task_packs=packs, base_path=str(out / BASE) if packs else None)
-
-
-def _eval_loader(images, config: TrainConfig, pin: bool) -> DataLoader:
-    return DataLoader(images, batch_size=max(config.batch_size, 64), shuffle=False,
-                      num_workers=config.num_workers, pin_memory=pin)
 
 
 def train_memory_efficient(config: TrainConfig, callbacks=()) -> dict[str, TrainResult]:

@@ -269,6 +269,22 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    """Cosine for every group; the scores' group gets lr 0 after ``gate_freeze``, so the last
+    part of training adapts deltas, norms and head to the final layer choice instead of being
+    jolted by late switch-offs."""
+    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    freeze_at = config.gate_freeze * total_steps
+    gated_cosine = lambda step: cosine(step) if step < freeze_at else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [cosine if g["name"] == "weights" else gated_cosine for g in optimizer.param_groups])
+
+
+def eval_loader(images, config: TrainConfig, pin: bool) -> DataLoader:
+    return DataLoader(images, batch_size=max(config.batch_size, 64), shuffle=False,
+                      num_workers=config.num_workers, pin_memory=pin)
+
+
 def mixed_precision_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     """bfloat16 autocast on GPUs that have it, float16 (with loss scaling) on older ones; full
     precision on CPU, where autocast is slower than it saves."""
@@ -347,20 +363,12 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
     optimizer = build_optimizer(model, config)
 
     pin = device.type == "cuda"
-    eval_loader = lambda ds: DataLoader(ds, batch_size=max(config.batch_size, 64), shuffle=False,
-                                        num_workers=config.num_workers, pin_memory=pin)
-    val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
+    val_loader, test_loader = eval_loader(data.val, config, pin), eval_loader(data.test, config, pin)
     # Whole batches only (BatchNorm dislikes a last batch of 1), unless the data is smaller than one.
     drop_last = len(data.train) >= config.batch_size
     steps_per_epoch = len(data.train) // config.batch_size if drop_last else 1
     total_steps = steps_per_epoch * config.epochs
-    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    # Scores get lr 0 after gate_freeze: the last part of training adapts deltas, norms and head
-    # to the final layer choice instead of being jolted by late switch-offs.
-    freeze_at = config.gate_freeze * total_steps
-    gated_cosine = lambda step: cosine(step) if step < freeze_at else 0.0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [cosine if g["name"] == "weights" else gated_cosine for g in optimizer.param_groups])
+    scheduler = build_scheduler(optimizer, config, total_steps)
     weights = penalty_weights(model, config.penalty_mode).to(device) if config.method == "taps" else None
 
     start_epoch, history = 0, []
