@@ -28,16 +28,20 @@ class ComposeWeight(torch.autograd.Function):
         on = bool(score.detach() >= threshold)
         ctx.on = on
         ctx.save_for_backward(delta)
-        return weight + delta if on else weight.clone()
+        # An off layer computes with w̄ itself: no copy (autograd returns it as a view).
+        return weight + delta if on else weight
 
     @staticmethod
     def backward(ctx, grad_w):
         (delta,) = ctx.saved_tensors
         grad_delta = grad_score = None
-        if ctx.needs_input_grad[1]:
-            grad_delta = grad_w if ctx.on else torch.zeros_like(delta)
+        # An off layer's δ gets no gradient at all (None, not zeros): the optimizer skips it, so
+        # δ keeps its value, as the paper's I·∂L/∂w = 0 intends, without momentum drifting it.
+        if ctx.needs_input_grad[1] and ctx.on:
+            grad_delta = grad_w
         if ctx.needs_input_grad[2]:
-            grad_score = torch.sum(grad_w * delta).reshape(())
+            # ⟨∂L/∂w, δ⟩ in one pass without a weight-sized temporary.
+            grad_score = torch.dot(grad_w.reshape(-1), delta.reshape(-1)).to(delta.dtype)
         # The base weight itself trains only in joint multi-task training (Eq. 4): ∂L/∂w̄ = ∂L/∂w.
         grad_weight = grad_w if ctx.needs_input_grad[0] else None
         return grad_weight, grad_delta, grad_score, None

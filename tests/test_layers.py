@@ -44,7 +44,7 @@ def test_gated_off_layer_freezes_delta_but_score_still_learns():
     layer = _gated_linear(0.05)
     F.cross_entropy(layer(x), target).backward()
     _, grad_w = _hand_gradient_wrt_weight(layer, x, target)
-    assert torch.count_nonzero(layer.delta.grad) == 0
+    assert layer.delta.grad is None  # I·∂L/∂w = 0, given as no gradient: the optimizer skips δ
     expected = (grad_w * layer.delta).sum()
     assert expected.abs() > 1e-4
     assert torch.allclose(layer.score.grad, expected, atol=1e-6)
@@ -63,7 +63,8 @@ def test_fused_gate_matches_papers_straight_through_formulation():
         w = conv.weight + taps.hard_gate(s, 0.1) * d
         F.cross_entropy(F.conv2d(x, w, conv.bias, padding=1).mean((2, 3)), target).backward()
         assert torch.allclose(conv.score.grad, s.grad, atol=1e-6)
-        assert torch.allclose(conv.delta.grad, d.grad, atol=1e-6)
+        fused_delta_grad = conv.delta.grad if conv.delta.grad is not None else torch.zeros_like(d)
+        assert torch.allclose(fused_delta_grad, d.grad, atol=1e-6)
 
 
 def test_layer_switches_back_on_when_its_score_crosses_the_threshold():
@@ -83,3 +84,23 @@ def test_shared_weight_gradient_in_joint_training_is_the_weight_gradient():
         F.cross_entropy(layer(x), target).backward()
         _, grad_w = _hand_gradient_wrt_weight(layer, x, target)
         assert torch.allclose(layer.weight.grad, grad_w, atol=1e-6)
+
+
+def test_off_layer_delta_stays_put_under_momentum():
+    """A layer that switches off keeps its δ exactly: no gradient reaches it, so SGD's momentum
+    from when it was on cannot drift it (the skipped work is also skipped optimizer work)."""
+    x, target = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    layer = _gated_linear(0.5)
+    opt = torch.optim.SGD([layer.delta], lr=0.1, momentum=0.9)
+    for _ in range(3):  # on: δ learns and momentum builds up
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(layer(x), target).backward()
+        opt.step()
+    with torch.no_grad():
+        layer.score.fill_(0.05)
+    kept = layer.delta.detach().clone()
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(layer(x), target).backward()
+        opt.step()
+    assert torch.equal(layer.delta.detach(), kept)
