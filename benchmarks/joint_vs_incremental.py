@@ -10,26 +10,23 @@ benchmarks/results/joint_vs_incremental.json.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import parser, print_table, write_result
 
 TASKS = ["fashion-mnist", "digits"]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--lam", type=float, default=0.3)
-    parser.add_argument("--quick", action="store_true", help="32 px, 200 images, 1 epoch")
-    args = parser.parse_args(argv)
+    p = parser(__doc__, "32 px, 64 images, 1 epoch")
+    p.add_argument("--lam", type=float, default=0.3)
+    args = p.parse_args(argv)
 
     from taps.inference import evaluate_on
     from taps.multitask import MultiTaskModel
@@ -37,7 +34,7 @@ def main(argv=None) -> int:
 
     base = TrainConfig(lam=args.lam)
     if args.quick:
-        base = replace(base, resolution=32, train_subset=200, eval_subset=100, epochs=1)
+        base = replace(base, resolution=32, train_subset=64, eval_subset=64, batch_size=16, epochs=1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -57,16 +54,11 @@ def main(argv=None) -> int:
                              "task_specific_layers_pct": s.task_specific_layers_pct,
                              "additional_params_pct": s.additional_params_pct,
                              "multiplier": report.parameter_multiplier, "train_seconds": seconds})
-    print(f"λ={args.lam}, {base.resolution} px, {base.train_subset} images per task, {base.epochs} epochs, "
-          f"{platform.machine()} CPU")
-    print(f"{'setting':<12}{'task':<15}{'test acc':>9}{'layers':>8}{'% add. params':>15}{'multiplier':>12}{'train s':>9}")
-    for r in rows:
-        print(f"{r['setting']:<12}{r['task']:<15}{r['test_acc']:>9.3f}{r['active_layers']:>5}/49"
-              f"{r['additional_params_pct']:>15.1f}{r['multiplier']:>12.2f}{r['train_seconds']:>9.0f}")
-    out = ROOT / "benchmarks" / "results" / "joint_vs_incremental.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"lam": args.lam, "quick": args.quick, "rows": rows,
-                               "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
+    print(f"λ={args.lam}, {base.resolution} px, {base.train_subset} images per task, {base.epochs} epochs")
+    print_table([("setting", "setting", "<"), ("task", "task", "<"), ("test_acc", "test acc", ">.3f"),
+                 ("active_layers", "layers", ">d"), ("additional_params_pct", "% add. params", ">.1f"),
+                 ("multiplier", "multiplier", ">.2f"), ("train_seconds", "train s", ">.0f")], rows)
+    write_result("joint_vs_incremental", args, {"rows": rows})
     return 0
 
 

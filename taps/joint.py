@@ -30,15 +30,14 @@ from torch.utils.data import DataLoader
 
 from .adaptation import gated_layers, head_name, norm_layers, replace_module
 from .backbones import device_description, input_normalization, save_backbone_checkpoint
-from .data import load_dataset
 from .methods import fix_gates, set_train_mode
 from .packs import NORM_FIELDS, save_pack
 from .penalty import penalty_weights, sparsity_penalty
 from .errors import TrainingError
 from .stats import layer_report, summarize
 from .trainer import (EpochEvent, Normalize, StartEvent, StepEvent, TrainConfig, TrainResult, _emit, build_model,
-                      build_scheduler, eval_loader, evaluate, mixed_precision_dtype, penalty_ramp, prepare_run,
-                      seed_everything)
+                      build_scheduler, eval_loader, evaluate, load_task_data, mixed_precision_dtype, penalty_ramp,
+                      prepare_run, seed_everything)
 
 BASE = "base.safetensors"
 JOINT_METHODS = ("taps", "finetune")
@@ -108,10 +107,7 @@ def train_joint(config: TrainConfig, callbacks=(), *, should_stop: Callable[[], 
     tasks = list(config.tasks)
     out, device = prepare_run(config)
 
-    data = {t: load_dataset(t, resolution=config.resolution, train_subset=config.train_subset,
-                            test_subset=config.eval_subset, val_fraction=config.val_fraction, seed=config.seed,
-                            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), data_root=config.data_root,
-                            allow_download=config.allow_download) for t in tasks}
+    data = {t: load_task_data(config, t) for t in tasks}
     first = data[tasks[0]]
     model = build_model(replace(config, method="taps", tasks=[]), len(first.classes)).to(device)
     head = head_name(model)

@@ -251,6 +251,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def load_task_data(config: TrainConfig, dataset: str):
+    """The train/val/test splits of ``dataset`` as ``config`` asks. Images arrive in [0, 1]; the
+    backbone's own normalisation is applied on the device, so the data pipeline does not depend
+    on which backbone trains on it."""
+    return load_dataset(dataset, resolution=config.resolution, train_subset=config.train_subset,
+                        test_subset=config.eval_subset, val_fraction=config.val_fraction, seed=config.seed,
+                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), data_root=config.data_root,
+                        allow_download=config.allow_download)
+
+
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     model = create_backbone(config.backbone, num_classes, config.weights, checkpoint=config.checkpoint)
     return prepare_model(model, config.method, config.taps_config(),
@@ -347,12 +357,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         return train_joint(config, callbacks, should_stop=should_stop)
     out, device = prepare_run(config)
 
-    # Images arrive in [0, 1]; the backbone's own normalisation is applied on the device, so the
-    # data pipeline does not depend on which backbone trains on it.
-    data = load_dataset(config.dataset, resolution=config.resolution, train_subset=config.train_subset,
-                        test_subset=config.eval_subset, val_fraction=config.val_fraction, seed=config.seed,
-                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), data_root=config.data_root,
-                        allow_download=config.allow_download)
+    data = load_task_data(config, config.dataset)
     model = build_model(config, len(data.classes)).to(device)
     mean, std = input_normalization(model)
     normalize = Normalize(mean, std).to(device)

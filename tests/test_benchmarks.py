@@ -1,0 +1,82 @@
+"""Every benchmark's smoke mode (--quick) runs end to end and its result file holds what the
+full run would publish. No timing is asserted here: timings are the benchmarks' business."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_quick(name: str, tmp_path: Path) -> dict:
+    out = tmp_path / f"{name}.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == name and result["settings"]["quick"] is True
+    assert result["machine"]["cpus"] >= 1 and result["machine"]["torch"]
+    return result | {"stdout": proc.stdout}
+
+
+def by(rows, key):
+    return {r[key]: r for r in rows}
+
+
+def test_training_overhead_measures_time_and_memory_of_each_step_kind(tmp_path):
+    result = run_quick("training_overhead", tmp_path)
+    rows = by(result["rows"], "kind")
+    assert set(rows) == {"finetune", "taps", "taps_half_off"}
+    assert rows["finetune"]["time_ratio"] == 1.0 and rows["finetune"]["memory_ratio"] == 1.0
+    assert all(r["median_ms"] > 0 for r in rows.values())
+    # TAPS holds w̄ and δ (and composes w̄ + δ); with half the gates off it composes and grads half.
+    assert rows["taps"]["peak_mb"] > rows["finetune"]["peak_mb"]
+    assert rows["taps_half_off"]["peak_mb"] < rows["taps"]["peak_mb"]
+    assert "× fine-tune" in result["stdout"]
+
+
+def test_inference_compares_merged_gated_and_multitask_models(tmp_path):
+    result = run_quick("inference", tmp_path)  # the script itself refuses models that disagree
+    rows = by(result["rows"], "kind")
+    assert set(rows) == {"plain", "merged", "gated", "multitask", "switch"}
+    assert rows["plain"]["ratio"] == 1.0
+    assert all(r["median_ms"] > 0 for r in rows.values())
+
+
+def test_storage_pack_bytes_grow_with_the_task_specific_share(tmp_path):
+    result = run_quick("storage", tmp_path)
+    rows = sorted(result["by_share"], key=lambda r: r["share_pct"])
+    sizes = [r["pack_mb"] for r in rows]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert rows[0]["ratio"] < 0.05  # head and norms only
+    assert rows[-1]["ratio"] == pytest.approx(1.0, abs=0.05)  # every layer: about a full checkpoint
+
+
+def test_accuracy_frontier_trains_every_method_and_draws_the_figure(tmp_path):
+    result = run_quick("accuracy_frontier", tmp_path)
+    rows = by(result["rows"], "method")
+    assert set(rows) == {"feature_extractor", "bn_only", "finetune", "taps", "manual_freeze", "lora"}
+    assert all(0 <= r["test_acc"] <= 1 for r in rows.values())
+    assert rows["feature_extractor"]["additional_params_pct"] < rows["bn_only"]["additional_params_pct"] \
+        < rows["finetune"]["additional_params_pct"]
+    # manual freeze is given TAPS's budget and stays within it
+    assert rows["manual_freeze"]["additional_params_pct"] <= rows["taps"]["additional_params_pct"] + 1e-6
+    assert 0 < rows["lora"]["additional_params_pct"] < rows["finetune"]["additional_params_pct"]
+    png = (tmp_path / "accuracy_frontier.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_workbench_costs_render_every_page_and_price_store_writes(tmp_path):
+    result = run_quick("workbench_costs", tmp_path)
+    assert {p["page"] for p in result["pages"]} == {"runs", "frontier", "layer_patterns", "task_packs", "launch"}
+    cost = result["write_cost"]
+    assert cost["steps"] == 50 and cost["flushes"] >= 1 and cost["ms_per_step"] > 0
+    assert cost["share_pct"] == pytest.approx(100 * cost["ms_per_step"] / cost["step_ms"])
+
+
+def test_joint_vs_incremental_reports_both_settings_for_both_tasks(tmp_path):
+    result = run_quick("joint_vs_incremental", tmp_path)
+    pairs = {(r["setting"], r["task"]) for r in result["rows"]}
+    assert pairs == {(s, t) for s in ("incremental", "joint") for t in ("fashion-mnist", "digits")}
