@@ -31,6 +31,14 @@ class TrainingError(TAPSError, RuntimeError):
     """Training cannot go on (NaN/inf loss…); the last good checkpoint is kept."""
 
 
+class DiskFullError(TAPSError, OSError):
+    """A file could not be written because its disk is full (or the user's quota is spent); the
+    message names the file, and the previous version of it is intact."""
+
+    def __str__(self) -> str:  # OSError would wrap the message in "[Errno 28] …: 'path'"
+        return self.strerror or super().__str__()
+
+
 def exit_code_of(command, args, errors: tuple[type[BaseException], ...] = (TAPSError,)) -> int:
     """Run a command-line ``command(args)``: bad input ends as one ``error: …`` line and exit
     code 2, Ctrl-C as 130 — never a traceback for a mistake the user can fix."""
