@@ -367,6 +367,8 @@ class RunStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
+            if version == 0:
+                self._refuse_lost_database()
             for v in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[v]:
                     conn.execute(statement)
@@ -376,6 +378,18 @@ class RunStore:
             if conn.in_transaction:
                 conn.rollback()
             raise
+
+    def _refuse_lost_database(self) -> None:
+        """A new, empty database beside run folders means the old one was deleted or truncated
+        to nothing: starting afresh would show an empty list while the runs are on disk."""
+        orphans = sorted(p.name for p in self.root.iterdir()
+                         if p.is_dir() and _RUN_ID_RE.fullmatch(p.name) and (p / "config.json").is_file())
+        if orphans:
+            more = ", …" if len(orphans) > 3 else ""
+            raise StoreError(f"the run store database {self.db_path} is empty or missing, but {self.root} holds "
+                             f"{len(orphans)} run folder(s) ({', '.join(orphans[:3])}{more}): the database was "
+                             "lost or truncated. Restore it from a backup, or move the run folders elsewhere "
+                             "to start a fresh store.")
 
     def close(self) -> None:
         """Close every connection this object opened (in any thread)."""
