@@ -388,6 +388,10 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
+def _is_image_name(filename: str) -> bool:
+    return os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS
+
+
 def _image_files(folder: Path) -> tuple[list[str], int]:
     """Image files under folder (recursive, sorted), and how many other files were ignored."""
     found, ignored = [], 0
@@ -396,11 +400,35 @@ def _image_files(folder: Path) -> tuple[list[str], int]:
         for f in sorted(filenames):
             if f.startswith("."):
                 continue
-            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+            if _is_image_name(f):
                 found.append(os.path.join(dirpath, f))
             else:
                 ignored += 1
     return found, ignored
+
+
+def _no_images(class_folder: Path) -> ConfigError:
+    return ConfigError(f"Class folder {class_folder} has no images (looked for "
+                       f"{', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder.")
+
+
+def _has_image(folder: Path) -> bool:
+    """Whether any image file is under ``folder``; stops at the first one (a cheap check)."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(not f.startswith(".") and _is_image_name(f) for f in filenames):
+            return True
+    return False
+
+
+def _check_folder_classes(src: dict, m: dict, data_root: Path) -> None:
+    """Every class of an image folder's training split has at least one image: checked before a
+    run is queued, so it is refused at once instead of failing in its worker."""
+    layout = src.get("splits") or {"all": ""}
+    train_dir = _source_root(src, m, data_root) / layout[m["splits"]["train"]]
+    for c in _class_dirs(train_dir):
+        if not _has_image(train_dir / c):
+            raise _no_images(train_dir / c)
 
 
 def _open_folder(root: Path, layout: dict, train_pool: str):
@@ -420,9 +448,7 @@ def _open_folder(root: Path, layout: dict, train_pool: str):
             files, n_other = (_image_files(folder / c) if (folder / c).is_dir() else ([], 0))
             ignored += n_other
             if not files and split == train_pool:
-                raise ConfigError(
-                    f"Class folder {folder / c} has no images (looked for "
-                    f"{', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder.")
+                raise _no_images(folder / c)
             paths += files
             labels += [label] * len(files)
         pools[split] = _Pool(labels=np.asarray(labels, dtype=np.int64), reader=_FileReader(paths))
@@ -791,7 +817,9 @@ def require_dataset(name_or_path: str | os.PathLike, *, data_root: str | os.Path
     """The manifest of a dataset that can be loaded here; else the error that says how to get it."""
     m = get_manifest(name_or_path)
     root = Path(data_root).expanduser() if data_root else default_data_root()
-    _pick_source(m, root, allow_download)
+    src, _ = _pick_source(m, root, allow_download)
+    if src["kind"] == "imagefolder":
+        _check_folder_classes(src, m, root)
     return m
 
 
