@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -85,6 +86,7 @@ def run(store: RunStore, run_id: str) -> int:
     recorder = None
     try:
         from taps.backbones import device_description, resolve_device
+        from taps.errors import TrainingError
         from taps.trainer import CHECKPOINT, TrainConfig, train
 
         config = TrainConfig.from_dict(dict(run_row["config"]))
@@ -104,7 +106,13 @@ def run(store: RunStore, run_id: str) -> int:
         resume = (folder / CHECKPOINT).exists()
         if resume:
             print(f"worker: resuming from {folder / CHECKPOINT}", file=sys.stderr, flush=True)
-        result = train(config, callbacks, resume=resume, should_stop=should_stop)
+        try:
+            result = train(config, callbacks, resume=resume, should_stop=should_stop)
+        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused the checkpoint
+            raise TrainingError(f"refused to resume from {folder / CHECKPOINT} for safety: besides tensors it "
+                                "holds pickled Python objects, and unpickling them could run arbitrary code. "
+                                "This workbench never writes such a file; delete it to train the run from the "
+                                "start.") from exc
         recorder.close()
         for pack in ([result.pack_path] if result.pack_path else []) + list(result.task_packs.values()):
             store.add_artifact(run_id, "pack", pack)
