@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from pathlib import Path
 
 import streamlit as st
 
-from workbench import ui
+from workbench import paths, ui
 from workbench.summaries import estimate_seconds, format_duration
 
 METHOD_LABELS = {
@@ -97,12 +96,22 @@ with left:
         + ("on this machine ✓" if data_infos[n]["available"] else "not here"),
         help="Datasets with a manifest in data_manifests/, or any folder with one sub-folder per class.")
     if dataset == FOLDER_DATASET:
-        dataset = st.text_input("Folder", placeholder="/path/to/images (one sub-folder per class)").strip()
-        if not dataset:
+        typed = st.text_input("Folder", placeholder="/path/to/images (one sub-folder per class)",
+                              help="Inside the data folder (a relative path is read from there), the runs "
+                                   f"folder, or a folder listed in ${paths.DATA_ROOTS_ENV}.").strip()
+        st.caption(f"Folders the app may read: {paths.describe_allowed(launcher.root)}")
+        dataset = typed
+        if not typed:
             errors.append("type the path of an image folder")
-        elif not Path(dataset).expanduser().is_dir():
-            st.error(f"No folder at {dataset}.")
-            errors.append(f"no folder at {dataset}")
+        elif not paths.resolve_typed(typed).is_dir():
+            st.error(f"No folder at {typed}.")
+            errors.append(f"no folder at {typed}")
+        else:
+            try:
+                dataset = str(paths.check_allowed(typed, launcher.root))
+            except paths.PathNotAllowedError as exc:
+                st.error(str(exc))
+                errors.append(f"{typed} is outside the folders this app may read")
     elif not data_infos[dataset]["available"]:
         st.warning(f"{data_infos[dataset]['title']} is not on this machine. {data_infos[dataset]['how_to_get']}")
     method = st.selectbox("Method", list(METHOD_LABELS), format_func=METHOD_LABELS.get,
