@@ -98,7 +98,7 @@ def run(store: RunStore, run_id: str) -> int:
             store.finish(run_id, "cancelled")
             print(f"worker: run {run_id} cancelled before it started", file=sys.stderr, flush=True)
             return 0
-        recorder = StoreRecorder(store, run_id, flush_every_s=0.5)
+        recorder = StoreRecorder(store, run_id, flush_every_s=0.5, flush_each_epoch=True)
         callbacks = [recorder]
         delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
         if delay > 0:
