@@ -1,4 +1,10 @@
-"""Small shared fixtures for tests: models in a known non-trivial TAPS state, an event recorder."""
+"""Small shared fixtures for tests: models in a known non-trivial TAPS state, an event recorder,
+a fast run configuration, polling, and write faults (a kill or a full disk half-way through a write)."""
+import errno
+import os
+import signal
+import time
+
 import torch
 import torchvision
 
@@ -43,3 +49,77 @@ class Recorder:
 
     def on_epoch(self, e):
         self.epochs.append(e)
+
+
+# A whole worker run in a few seconds on 2 CPU cores: a 0.4 M-parameter timm model without
+# pretrained weights, scikit-learn's digits at 32 px; 4 steps an epoch.
+FAST_RUN = dict(backbone="test_resnet", weights="none", dataset="digits", resolution=32, train_subset=64,
+                eval_subset=50, batch_size=16, epochs=2)
+
+
+def poll_until(predicate, timeout: float, poll: float = 0.05):
+    """``predicate()``'s first truthy value, polling; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def step_numbers(store, run_id: str) -> list[int]:
+    return [s["step"] for s in store.steps_since(run_id, 0)]
+
+
+class _FaultyFile:
+    """A binary file that calls ``fault()`` once ``after_bytes`` bytes are in it."""
+
+    def __init__(self, fh, fault, after_bytes: int):
+        self._fh, self._fault, self._room = fh, fault, after_bytes
+
+    def write(self, data) -> int:
+        data = memoryview(data).cast("B")
+        if len(data) > self._room:
+            self._fh.write(data[:self._room])
+            self._fh.flush()
+            self._room = 0
+            self._fault()  # raises (a full disk) or never returns (kill -9)
+        self._room -= len(data)
+        return self._fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()
+
+
+def faulty_open(filename: str, fault, *, nth: int = 1, after_bytes: int = 100):
+    """An ``open`` for ``taps.fileio`` (set it as ``taps.fileio.open``) under which the ``nth``
+    atomic write of a file named ``filename`` calls ``fault()`` after ``after_bytes`` bytes:
+    a worker killed, or a disk filling up, half-way through writing a checkpoint or a pack."""
+    import builtins
+
+    calls = 0
+
+    def open_(file, mode="r", *args, **kwargs):
+        nonlocal calls
+        fh = builtins.open(file, mode, *args, **kwargs)
+        if os.path.basename(file) != filename + ".tmp":
+            return fh
+        calls += 1
+        return _FaultyFile(fh, fault, after_bytes) if calls == nth else fh
+
+    return open_
+
+
+def kill_this_process() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def disk_full() -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")

@@ -1,0 +1,192 @@
+"""Bad input is refused with a message that names what is wrong, and nothing is launched, allocated
+or lost: settings, datasets and image folders, task packs, and files that would unpickle code."""
+from __future__ import annotations
+
+import logging
+import math
+import pathlib
+import pickle
+
+import pytest
+import torch
+
+import taps
+import taps.trainer
+from taps.backbones import create_backbone
+from taps.errors import ConfigError, UnknownBackboneError, UnknownDatasetError, WeightsUnavailableError
+from taps.trainer import CHECKPOINT, TrainConfig, train
+from test_data import _png, _truncated_jpeg
+from tests.helpers import FAST_RUN
+from workbench import worker
+from workbench.launcher import Launcher
+from workbench.store import RunStore
+
+# (setting, bad value, what the message says): every numeric limit both ways, NaN and ∞.
+BAD_SETTINGS = [
+    ("lam", -1.0, "lam must be ≥ 0, got -1.0"),
+    ("lam", math.nan, "lam must be a finite number, got nan"),
+    ("lam", math.inf, "lam must be a finite number, got inf"),
+    ("lr", -0.1, "lr must be > 0, got -0.1"),
+    ("lr", 0.0, "lr must be > 0, got 0.0"),
+    ("lr", math.nan, "lr must be a finite number, got nan"),
+    ("epochs", -3, "epochs must be ≥ 1, got -3"),
+    ("epochs", 0, "epochs must be ≥ 1, got 0"),
+    ("epochs", math.nan, "epochs must be a finite number, got nan"),
+    ("epochs", 2.5, "epochs must be a whole number, got 2.5"),
+    ("resolution", 10_000, "resolution must be ≤ 1024, got 10000"),
+    ("batch_size", 10**6, "batch_size must be ≤ 4096, got 1000000"),
+    ("batch_size", 0, "batch_size must be ≥ 1, got 0"),
+    ("train_subset", 10**12, "train_subset must be ≤ 100000000"),
+    ("method", "lora", "unknown method 'lora'; choose one of taps, "),
+]
+UNKNOWN_NAMES = [
+    ("backbone", "resnet5O", UnknownBackboneError, "unknown backbone 'resnet5O'.*resnet50"),
+    ("dataset", "fashion-mnst", UnknownDatasetError, "Unknown dataset 'fashion-mnst'.*fashion-mnist"),
+]
+
+
+@pytest.fixture
+def store(tmp_path):
+    with RunStore(tmp_path / "runs") as s:
+        yield s
+
+
+def _nothing_queued(store) -> None:
+    assert store.list_runs() == []
+    assert [p for p in store.root.iterdir() if p.is_dir()] == []  # not even a run folder
+
+
+def _refused_everywhere(store, config: dict, error: type, message: str, sweep: bool = True) -> None:
+    """The library's check, a launch and (unless the sweep sets that field itself) a sweep all
+    refuse ``config``; nothing is queued."""
+    with pytest.raises(error, match=message):
+        TrainConfig(**config).preflight()
+    launcher = Launcher(store, max_concurrent=1)
+    with pytest.raises(error, match=message):
+        launcher.launch(config)
+    if sweep:
+        with pytest.raises(error, match=message):  # one bad run in a sweep: none of it is queued
+            launcher.sweep(config, lams=[0.1, 1.0], baselines=True)
+    _nothing_queued(store)
+
+
+@pytest.mark.parametrize("name, value, message", BAD_SETTINGS, ids=[f"{n}={v}" for n, v, _ in BAD_SETTINGS])
+def test_bad_settings_are_refused_naming_the_field_before_anything_is_allocated(store, monkeypatch, name, value,
+                                                                               message):
+    config = dict(FAST_RUN, **{name: value})
+    if name == "lam":  # a sweep sets λ itself: one bad λ among good ones stops all of it
+        with pytest.raises(ConfigError, match=message):
+            Launcher(store).sweep(FAST_RUN, lams=[0.1, value, 1.0])
+    _refused_everywhere(store, config, ConfigError, message, sweep=name not in ("lam", "method"))
+
+    def allocate(*args, **kwargs):
+        raise AssertionError("bad settings reached data loading or model building")
+
+    monkeypatch.setattr(taps.trainer, "load_dataset", allocate)
+    monkeypatch.setattr(taps.trainer, "create_backbone", allocate)
+    with pytest.raises(ConfigError, match=message):
+        train(TrainConfig(**config))
+
+
+@pytest.mark.parametrize("name, value, error, message", UNKNOWN_NAMES, ids=[n for n, *_ in UNKNOWN_NAMES])
+def test_unknown_backbone_or_dataset_is_refused_with_the_close_match(store, name, value, error, message):
+    _refused_everywhere(store, dict(FAST_RUN, **{name: value}), error, message)
+
+
+# ------------------------------------------------------------------- image folders
+
+def _two_classes(root: pathlib.Path) -> pathlib.Path:
+    for c in ("cat", "dog"):
+        for i in range(3):
+            _png(root / c / f"{i}.png", "RGB")
+    return root
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda root: (root / "fox").mkdir(), r"Class folder .*[/\\]fox has no images"),
+    (lambda root: ((root / "fox").mkdir(), (root / "fox" / "a.jpg.txt").write_text("not an image")),
+     r"Class folder .*[/\\]fox has no images \(looked for .bmp, .gif, .jpeg, .jpg"),
+    (lambda root: [p.unlink() for p in root.rglob("*.png")] and None, r"[/\\]cat has no images"),
+], ids=["empty-class", "class-of-text-files", "no-images-at-all"])
+def test_a_folder_with_a_class_without_images_is_refused_before_queueing(store, tmp_path, spoil, message):
+    root = _two_classes(tmp_path / "pets")
+    spoil(root)
+    _refused_everywhere(store, dict(FAST_RUN, dataset=str(root)), ConfigError, message)
+
+
+def test_a_folder_that_is_not_a_dataset_is_refused(store, tmp_path):
+    (tmp_path / "loose").mkdir()
+    _png(tmp_path / "loose" / "a.png", "RGB")  # images, but no class sub-folders
+    _refused_everywhere(store, dict(FAST_RUN, dataset=str(tmp_path / "loose")), ConfigError,
+                        r"loose has no class sub-folders: expected <folder>/<class name>/<image files>")
+
+
+def test_mixed_modes_and_broken_files_in_one_folder_train_as_rgb(store, tmp_path, caplog):
+    """Grayscale, RGBA, palette and RGB images side by side, a truncated JPEG and a text file:
+    a run is accepted and trains; the broken file is replaced by an image of its class."""
+    root = tmp_path / "mixed"
+    for c in ("cat", "dog"):
+        for mode in ("L", "RGBA", "P", "RGB"):
+            _png(root / c / f"{mode}.png", mode)
+            _png(root / c / f"{mode}-2.png", mode)
+        (root / c / "notes.txt").write_text("not an image")
+    _truncated_jpeg(root / "cat" / "broken.jpg")
+    config = dict(FAST_RUN, dataset=str(root), train_subset=None, eval_subset=None, batch_size=4)
+    Launcher.validate(config)  # accepted for launching
+    with caplog.at_level(logging.WARNING, logger="taps.data"):
+        result = train(TrainConfig(**config))
+    assert result.status == "done" and len(result.history) == 2
+    assert all(0.0 <= h["val_acc"] <= 1.0 and math.isfinite(h["train_loss"]) for h in result.history)
+    assert sum("broken.jpg" in r.getMessage() for r in caplog.records) == 1
+
+
+# ------------------------------------------------------------------- files that would run code
+
+class _Marker:
+    """Unpickling this creates ``path``: what an attacker's payload would do with a shell."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.path,))
+
+
+@pytest.fixture
+def booby_trapped(tmp_path):
+    """A weights file that unpickles a marker-file payload; the payload is shown to be live."""
+    marker = tmp_path / "PAYLOAD-RAN"
+    state = create_backbone(FAST_RUN["backbone"], 10, weights="none").state_dict()
+    path = tmp_path / "weights.pt"
+    torch.save({**state, "extra": _Marker(marker)}, path)
+    torch.load(path, weights_only=False)  # an unsafe load runs it…
+    assert marker.exists()
+    marker.unlink()  # …the loads under test must not
+    return path, marker
+
+
+def test_a_checkpoint_that_would_unpickle_code_is_refused_as_backbone_weights(booby_trapped):
+    path, marker = booby_trapped
+    with pytest.raises(WeightsUnavailableError, match=f"refused to load {path} for safety"):
+        create_backbone(FAST_RUN["backbone"], 10, checkpoint=path)
+    assert not marker.exists()
+
+
+def test_a_run_checkpoint_that_would_unpickle_code_fails_the_run_and_runs_nothing(store, booby_trapped):
+    path, marker = booby_trapped
+    run_id = store.create_run(TrainConfig(**FAST_RUN).to_dict())
+    store.run_dir(run_id).joinpath(CHECKPOINT).write_bytes(path.read_bytes())  # the worker resumes from it
+    assert worker.run(store, run_id) == 1
+    run = store.get_run(run_id)
+    assert run["status"] == "failed"
+    assert run["error"].startswith(f"refused to resume from {store.run_dir(run_id) / CHECKPOINT} for safety")
+    assert not marker.exists()
+
+
+def test_a_pickle_passed_off_as_a_task_pack_is_refused(tmp_path):
+    marker = tmp_path / "PAYLOAD-RAN"
+    path = tmp_path / "task.safetensors"
+    path.write_bytes(pickle.dumps(_Marker(marker)))
+    with pytest.raises(taps.PackError, match=f"{path} is not a readable safetensors task pack"):
+        taps.read_pack(path)
+    assert not marker.exists()
