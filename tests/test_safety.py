@@ -19,7 +19,7 @@ from PIL import Image
 import taps
 from app_testing import app, assert_clean
 from taps.data import MAX_UPLOAD_PIXELS, decode_image
-from taps.errors import ConfigError
+from taps.errors import ConfigError, UnknownBackboneError
 from taps.trainer import PACK, TrainConfig
 from test_data import _png
 from tests.helpers import FAST_RUN, tiny_resnet
@@ -143,6 +143,13 @@ def test_a_typed_path_must_stay_inside_the_data_and_runs_folders_unless_allowed(
                               f"{folders['runs']})")
     assert f"{paths.DATA_ROOTS_ENV}={paths.resolve_typed(typed)}" in message
     assert f"{paths.ALLOW_ANY_PATH_ENV}=1 allows any folder" in message
+
+
+@pytest.mark.parametrize("name", ["local-dir:/etc", "hf-hub:timm/resnet18.a1_in1k", "../../etc/passwd",
+                                  "/tmp/model.pth"])
+def test_the_model_name_box_cannot_name_a_file_or_a_download(name):
+    with pytest.raises(UnknownBackboneError, match=f"unknown backbone '{name}'"):
+        Launcher.validate(dict(FAST_RUN, backbone=name))
 
 
 def _type_a_folder(at, folder: Path):
