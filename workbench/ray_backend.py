@@ -67,7 +67,7 @@ def train_on_ray(writer, run_id: str, config: dict) -> str:
             cfg.out_dir = out
             device = device_description(resolve_device(cfg.device))
             store.mark_running(run_id, os.getpid(), _create_time(os.getpid()), socket.gethostname(), device)
-            recorder = StoreRecorder(store, run_id, flush_every_s=0.5, flush_each_epoch=True)
+            recorder = StoreRecorder(store, run_id, flush_every_s=0.5)
             result = train(cfg, [recorder])
             recorder.close()
             if result.pack_path:
