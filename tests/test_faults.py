@@ -304,7 +304,7 @@ def test_two_launchers_at_once_never_start_a_run_twice_nor_exceed_the_limit(stor
         assert starts == [1, 1]
     finally:
         for run_id in queued[::-1]:  # queued ones first, so a cancelled worker starts nothing
-            launcher.cancel(run_id, grace_s=2)
+            launcher.cancel(run_id, grace_s=1)
     assert all(store.get_run(r)["status"] == "cancelled" for r in queued)
 
 
