@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from workbench import figures, ui
-from workbench.summaries import run_label
+from workbench.summaries import compute_caption, run_label
 
 launcher = ui.launcher()
 store = launcher.store
@@ -51,16 +51,18 @@ picked = [pt.get("customdata") for pt in (event.selection.points if event else [
 if picked:
     ui.open_run(picked[0] if isinstance(picked[0], str) else picked[0][0])
 
-front = {p["run_id"] for p in figures.pareto_front(points, x, y)}
-table = [{"run": run_label(p), "method": p["method"], "λ": p["lam"] if p["method"] == "taps" else None,
-          figures.AXIS_TITLES[x]: p[x], figures.AXIS_TITLES[y]: p[y], "on the front": p["run_id"] in front,
-          "id": p["run_id"]} for p in points]
+front = {(p["run_id"], p.get("stage")) for p in figures.pareto_front(points, x, y)}
+table = [{"run": run_label(p) + (f" · stage {p['stage'] + 1}" if p.get("stage") is not None else ""),
+          "method": p["method"], "λ": p["lam"] if p["method"].startswith("taps") else None,
+          figures.AXIS_TITLES[x]: p[x], figures.AXIS_TITLES[y]: p[y],
+          "on the front": (p["run_id"], p.get("stage")) in front, "id": p["run_id"]} for p in points]
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={"λ": st.column_config.NumberColumn(format="%g"),
                             figures.AXIS_TITLES[x]: st.column_config.NumberColumn(format="%.1f"),
                             figures.AXIS_TITLES[y]: st.column_config.NumberColumn(format="%.3f")})
+st.caption(compute_caption(points))
 o1, o2 = st.columns([3, 1])
-target = o1.selectbox("Open a run", [p["run_id"] for p in points], format_func=lambda i: next(
+target = o1.selectbox("Open a run", list(dict.fromkeys(p["run_id"] for p in points)), format_func=lambda i: next(
     f"{t['run']} ({i})" for t in table if t["id"] == i), label_visibility="collapsed")
 if o2.button("Open run", icon=":material/open_in_new:"):
     ui.open_run(target)

@@ -17,6 +17,7 @@ METHOD_LABELS = {
     "manual_freeze": "Manual freeze (last k layers)",
     "joint": "Joint TAPS (several datasets at once, paper Eq. 4)",
 }
+SPARSITY_MODES = {"λ": "λ", "budget": "a budget", "path": "λ path (frontier in one run)"}
 JOINT_DEFAULT = ["fashion-mnist", "digits"]  # the two offline tasks
 OTHER_BACKBONE = "other…"
 FOLDER_DATASET = "a folder of images…"
@@ -134,7 +135,34 @@ with right:
     lams: list[float] = []
     baselines = False
     extra: dict = {}
-    if method in ("taps", "joint"):
+    sparsity = "λ"
+    if method == "taps":
+        sparsity = st.radio("Sparsity set by", list(SPARSITY_MODES), horizontal=True,
+                            format_func=SPARSITY_MODES.get, help=(
+                                "λ: the price of each task-specific layer. Budget: say what a task may cost, "
+                                "the trainer finds λ. λ path: the whole frontier from one run, λ rising in "
+                                "stages, a task pack per stage."))
+    if sparsity == "budget":
+        b1, b2 = st.columns(2)
+        extra["budget_pct"] = float(b1.number_input("Budget (%)", min_value=0.5, max_value=100.0, value=25.0,
+                                                    step=5.0, help="The run ends at or under this."))
+        extra["budget_kind"] = b2.radio("of", ["layers", "params"], horizontal=True, format_func={
+            "layers": "task-specific layers", "params": "additional parameters"}.get)
+    elif sparsity == "path":
+        p1, p2 = st.columns([2, 1])
+        path_text = p1.text_input("λ stages (increasing)", value="0, 0.3, 1, 3",
+                                  help="Stage 1 trains the epochs below at the first λ; every later stage "
+                                       "continues from it at the next λ.")
+        stage_epochs = p2.number_input("Epochs per later stage", min_value=1, max_value=1000, value=1)
+        try:
+            path = parse_lams(path_text)
+            if len(path) < 2 or path != sorted(path):
+                raise ValueError("a λ path needs at least two λ values, in increasing order")
+            extra.update(lam_path=path, path_stage_epochs=int(stage_epochs))
+        except ValueError as exc:
+            st.error(str(exc))
+            errors.append(str(exc))
+    elif method in ("taps", "joint"):
         lam_text = st.text_input("λ (sparsity)", value=f"{defaults['lam']:g}",
                                  help="One value trains one run. Several (e.g. 0.1, 0.3, 1, 3) launch a "
                                       "sweep: one run each, compared on the Frontier page.")
@@ -195,7 +223,9 @@ device_text = ui.device()
 on_gpu = "cpu" not in device_text.lower().split("(")[0]
 history = launcher.store.list_runs(status="done", limit=50)
 images_per_epoch = (config["train_subset"] or 0) * max(1, len(tasks)) or None  # joint: every task's images
-seconds = estimate_seconds(dict(config, train_subset=images_per_epoch), history,
+all_epochs = config["epochs"] + (len(extra["lam_path"]) - 1) * extra["path_stage_epochs"] if "lam_path" in extra \
+    else config["epochs"]
+seconds = estimate_seconds(dict(config, train_subset=images_per_epoch, epochs=all_epochs), history,
                            params_m=infos.get(backbone, {}).get("params_m"), on_gpu=on_gpu)
 estimate = (f"about {format_duration(seconds)} per run" if seconds is not None
             else "time per run unknown until one like it has finished")

@@ -1,6 +1,6 @@
 """Accuracy against additional parameters: TAPS over λ, the paper's baselines, and LoRA (peft).
 
-    python benchmarks/accuracy_frontier.py            # the offline default, 3 seeds (~35 min on 2 CPUs)
+    python benchmarks/accuracy_frontier.py            # the offline default, 3 seeds (~30 min on 2 CPUs)
     python benchmarks/accuracy_frontier.py --seeds 0  # one seed
     python benchmarks/accuracy_frontier.py --quick    # a smoke run in seconds
 
@@ -15,9 +15,9 @@ Fashion-MNIST subset at the same resolution, epochs, batch and schedule (TrainCo
                                                      normalisation layers trained as in TAPS
 "Additional parameters" counts what a task adds to the shared backbone in every method: active
 deltas (TAPS), LoRA factors, head, normalisation parameters and statistics — in % of the backbone.
-LoRA's learning rate is chosen on the validation split of the first seed from {lr, 10·lr}
-(low-rank factors starting at zero learn slowly at full fine-tuning's lr); the others use the
-defaults. Prints mean ± sd over seeds, draws the frontier to results/accuracy_frontier.png, and
+LoRA's learning rate is chosen on the validation split of the first seed and rank from
+{lr, 10·lr} (low-rank factors starting at zero learn slowly at full fine-tuning's lr); the
+others use the defaults. Prints mean ± sd over seeds, draws the frontier to results/accuracy_frontier.png, and
 writes benchmarks/results/accuracy_frontier.json.
 """
 from __future__ import annotations
@@ -46,8 +46,8 @@ def train_lora(config, rank: int, lr: float) -> dict:
     from taps.adaptation import find_head, norm_layers
     from taps.backbones import create_backbone, input_normalization
     from taps.stats import norm_state_numel
-    from taps.trainer import (Normalize, build_scheduler, eval_loader, evaluate, load_task_data, prepare_run,
-                              seed_everything)
+    from taps.schedule import build_scheduler
+    from taps.trainer import Normalize, eval_loader, evaluate, load_task_data, prepare_run, seed_everything
     from taps.methods import set_train_mode
 
     _, device = prepare_run(config)
@@ -70,7 +70,7 @@ def train_lora(config, rank: int, lr: float) -> dict:
     optimizer = torch.optim.SGD([{"params": [p for p in model.parameters() if p.requires_grad], "name": "weights"}],
                                 lr=lr, momentum=config.momentum)
     steps_per_epoch = len(data.train) // config.batch_size
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch * config.epochs)
+    scheduler = build_scheduler(optimizer, steps_per_epoch * config.epochs, config.gate_freeze)
     t0 = time.perf_counter()
     for epoch in range(config.epochs):
         seed_everything(config.seed * 1000 + epoch)
@@ -149,7 +149,7 @@ def frontier_plot(rows: list[dict], title: str):
 def main(argv=None) -> int:
     p = parser(__doc__, "32 px, 64 images, 1 epoch, one seed, λ 1, LoRA r 4")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--lams", type=float, nargs="+", default=[0.1, 0.3, 1.0])
+    p.add_argument("--lams", type=float, nargs="+", default=[0.3, 1.0])
     p.add_argument("--ranks", type=int, nargs="+", default=[4, 16])
     p.add_argument("--match-lam", type=float, default=0.3, help="manual freeze gets this λ's budget")
     args = p.parse_args(argv)
@@ -182,12 +182,13 @@ def main(argv=None) -> int:
         record("manual_freeze", f"@λ={args.match_lam:g}",
                train_method(replace(config, method="manual_freeze", freeze_budget_pct=budget)))
         for rank in args.ranks:
-            if rank not in lora_lr:  # chosen on the first seed's validation split
+            if not lora_lr:  # chosen on the first seed's validation split, with the first rank
                 tries = {lr: train_lora(config, rank, lr) for lr in (base.lr, 10 * base.lr)}
-                lora_lr[rank] = max(tries, key=lambda lr: tries[lr]["val_acc"])
-                result = tries[lora_lr[rank]]
+                lora_lr["lr"] = max(tries, key=lambda lr: tries[lr]["val_acc"])
+                lora_lr["val_acc"] = {str(lr): t["val_acc"] for lr, t in tries.items()}
+                result = tries[lora_lr["lr"]]
             else:
-                result = train_lora(config, rank, lora_lr[rank])
+                result = train_lora(config, rank, lora_lr["lr"])
             record("lora", f"r={rank}", result)
 
     rows = summarize_rows(runs)
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
     print_table([("label", "method", "<"), ("test_acc", "test acc", ">.3f"), ("test_acc_sd", "± sd", ">.3f"),
                  ("additional_params_pct", "% add. params", ">.1f"), ("task_specific_layers_pct", "% layers", ">.0f"),
                  ("pack_mb", "task MB", ">.2f"), ("seconds", "train s", ">.0f")], rows)
-    write_result("accuracy_frontier", args, {"title": title, "lora_lr": {str(k): v for k, v in lora_lr.items()},
+    write_result("accuracy_frontier", args, {"title": title, "lora_lr": lora_lr,
                                              "rows": rows, "runs": runs})
     save_figure(frontier_plot(rows, title), "accuracy_frontier", args)
     return 0

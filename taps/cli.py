@@ -26,7 +26,9 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         if base[0] is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         elif typing.get_origin(base[0]) is list:
-            parser.add_argument(flag, nargs="*", default=default, metavar="DATASET" if f.name == "tasks" else "PATTERN")
+            item = typing.get_args(base[0])[0]
+            metavar = {"tasks": "DATASET", "lam_path": "LAM"}.get(f.name, "PATTERN")
+            parser.add_argument(flag, nargs="*", type=item, default=default, metavar=metavar)
         else:
             parser.add_argument(flag, type=base[0], default=default)
 

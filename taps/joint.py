@@ -36,8 +36,8 @@ from .penalty import penalty_weights, sparsity_penalty
 from .errors import TrainingError
 from .stats import layer_report, summarize
 from .trainer import (EpochEvent, Normalize, StartEvent, StepEvent, TrainConfig, TrainResult, _emit, build_model,
-                      build_scheduler, eval_loader, evaluate, load_task_data, mixed_precision_dtype, penalty_ramp,
-                      prepare_run, seed_everything)
+                      eval_loader, evaluate, load_task_data, mixed_precision_dtype, prepare_run, seed_everything)
+from .schedule import build_scheduler, penalty_ramp
 
 BASE = "base.safetensors"
 JOINT_METHODS = ("taps", "finetune")
@@ -137,7 +137,7 @@ def train_joint(config: TrainConfig, callbacks=(), *, should_stop: Callable[[], 
     drop_last = all(len(d.train) >= config.batch_size for d in data.values())
     steps_per_epoch = max(len(d.train) // config.batch_size if drop_last else 1 for d in data.values())
     total_steps = steps_per_epoch * config.epochs
-    scheduler = build_scheduler(optimizer, config, total_steps)
+    scheduler = build_scheduler(optimizer, total_steps, config.gate_freeze)
     weights = penalty_weights(model, config.penalty_mode).to(device) if config.method == "taps" else None
 
     report = layer_report(model)

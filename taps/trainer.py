@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,9 @@ from .errors import ConfigError, TrainingError, WeightsUnavailableError
 from .fileio import atomic_write
 from .methods import METHODS, prepare_model, set_train_mode
 from .packs import save_pack
+from .budget import BUDGET_KINDS, BudgetController, LayerCosts, cap_to_budget
 from .penalty import penalty_weights, sparsity_penalty
+from .schedule import build_scheduler, freeze_step, lam_at, plan_stages, stage_at
 from .stats import layer_report, summarize
 
 CHECKPOINT = "checkpoint.pt"
@@ -76,6 +79,16 @@ class TrainConfig:
     freeze_budget_pct: float | None = None  # manual_freeze: or k matched to this budget
     # Joint multi-task training (Eq. 4) over these datasets, method taps or finetune; empty: one task.
     tasks: list[str] = field(default_factory=list)
+    # Budget mode (method taps): end with at most this % of task-specific layers or of additional
+    # parameters (budget_kind); λ is found during training, starting from 0 (`lam` is not used).
+    budget_pct: float | None = None
+    budget_kind: str = "layers"  # layers | params
+    budget_gain: float = 0.3  # change of λ per step per 100 points over budget (dual ascent)
+    # λ path (method taps): the whole frontier from one run. Stage 0 trains `epochs` at lam_path[0],
+    # each later stage `path_stage_epochs` more at the next λ, warm-started; each stage's end is
+    # snapshot as a task pack, one frontier point per stage.
+    lam_path: list[float] = field(default_factory=list)
+    path_stage_epochs: int = 1
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA; ignored on CPU
@@ -125,6 +138,23 @@ class TrainConfig:
             if self.method not in ("taps", "finetune"):
                 raise ConfigError(f"joint training runs method 'taps' (Eq. 4) or 'finetune' (a multi-head "
                                   f"base), not {self.method!r}")
+        number("budget_pct", 0, 100, strict_low=True, optional=True)
+        number("budget_gain", 0, 100, strict_low=True)
+        number("path_stage_epochs", 1, 10_000, integer=True)
+        if self.budget_kind not in BUDGET_KINDS:
+            raise ConfigError(f"budget_kind must be 'layers' or 'params', got {self.budget_kind!r}")
+        if self.lam_path:
+            lams = self.lam_path
+            if not isinstance(lams, (list, tuple)) or len(lams) < 2 or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                    for v in lams):
+                raise ConfigError(f"lam_path must list at least two finite λ ≥ 0, got {lams!r}")
+            if list(lams) != sorted(lams):
+                raise ConfigError(f"lam_path must increase (each stage prunes further), got {list(lams)}")
+        if (self.budget_pct is not None or self.lam_path) and (self.method != "taps" or self.tasks):
+            raise ConfigError("a budget or a λ path applies to single-task TAPS runs (method 'taps', no tasks)")
+        if self.budget_pct is not None and self.lam_path:
+            raise ConfigError("give either a budget or a λ path, not both")
         if self.norm_stats not in ("frozen", "adapt"):
             raise ConfigError(f"norm_stats must be 'frozen' or 'adapt', got {self.norm_stats!r}")
         if self.penalty_mode not in ("layers", "params"):
@@ -190,6 +220,9 @@ class EpochEvent:
     active_layers: int
     seconds: float
     tasks: dict | None = None  # joint training: each task's accuracies and costs
+    stage: int | None = None  # λ path: the stage this epoch belongs to
+    lam: float | None = None  # the λ in force at the epoch's end (the controller's, in budget mode)
+    snapshot: str | None = None  # λ path: the task pack saved at the end of a stage
 
 
 @dataclass
@@ -218,6 +251,7 @@ class TrainResult:
     history: list[dict]
     task_packs: dict[str, str] = field(default_factory=dict)  # joint training: one pack per task
     base_path: str | None = None  # joint training: the trained shared base
+    stage_packs: list[str] = field(default_factory=list)  # λ path: one pack per stage, in λ order
 
 
 class Callback(Protocol):
@@ -279,17 +313,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
-    """Cosine for every group; the scores' group gets lr 0 after ``gate_freeze``, so the last
-    part of training adapts deltas, norms and head to the final layer choice instead of being
-    jolted by late switch-offs."""
-    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    freeze_at = config.gate_freeze * total_steps
-    gated_cosine = lambda step: cosine(step) if step < freeze_at else 0.0
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [cosine if g["name"] == "weights" else gated_cosine for g in optimizer.param_groups])
-
-
 def eval_loader(images, config: TrainConfig, pin: bool) -> DataLoader:
     return DataLoader(images, batch_size=max(config.batch_size, 64), shuffle=False,
                       num_workers=config.num_workers, pin_memory=pin)
@@ -301,13 +324,6 @@ def mixed_precision_dtype(device: torch.device, enabled: bool) -> torch.dtype | 
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def penalty_ramp(step: int, total_steps: int, warmup: float) -> float:
-    """Fraction of λ in force at ``step``: a linear ramp over the first ``warmup`` of training,
-    so deltas learn before the penalty can switch their layers off."""
-    ramp_steps = warmup * total_steps
-    return 1.0 if ramp_steps <= 0 else min(1.0, step / ramp_steps)
 
 
 @torch.no_grad()
@@ -372,14 +388,28 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
     # Whole batches only (BatchNorm dislikes a last batch of 1), unless the data is smaller than one.
     drop_last = len(data.train) >= config.batch_size
     steps_per_epoch = len(data.train) // config.batch_size if drop_last else 1
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = build_scheduler(optimizer, config, total_steps)
-    weights = penalty_weights(model, config.penalty_mode).to(device) if config.method == "taps" else None
+    stages = plan_stages(config.lam_path or [config.lam], config.epochs, config.path_stage_epochs, steps_per_epoch)
+    total_epochs, total_steps = stages[-1].last_epoch + 1, stages[-1].start + stages[-1].steps
+    scheduler = build_scheduler(optimizer, total_steps, config.gate_freeze, stages)
+    budget = None
+    if config.budget_pct is not None:  # the penalty is the Lagrangian term of the budget: weights by its kind
+        budget = BudgetController(LayerCosts(model, config.budget_kind), config.budget_pct, config.budget_gain)
+        weights = penalty_weights(model, config.budget_kind).to(device)
+    else:
+        weights = penalty_weights(model, config.penalty_mode).to(device) if config.method == "taps" else None
 
     start_epoch, history = 0, []
     ckpt_path = out / CHECKPOINT if out else None
     if resume and ckpt_path and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        try:
+            ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise TrainingError(f"refused to resume from {ckpt_path} for safety: besides tensors it holds pickled "
+                                "Python objects, and unpickling them could run arbitrary code; delete it to "
+                                "train from the start") from exc
+        except (RuntimeError, EOFError, OSError) as exc:  # truncated or damaged
+            raise TrainingError(f"cannot read the checkpoint {ckpt_path} ({exc}); delete it to train from "
+                                "the start") from exc
         if ckpt["config"] != _resume_key(config):
             raise ConfigError(f"{ckpt_path} was written by a run with different settings; "
                               "resume with the run's own configuration")
@@ -392,6 +422,8 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, history = ckpt["epoch"] + 1, json.loads(ckpt["history"])
+        if budget is not None:
+            budget.lam = float(ckpt["budget_lam"])
 
     layers = gated_layers(model)
     report = layer_report(model)
@@ -403,7 +435,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         total_steps=total_steps, start_epoch=start_epoch))
 
     status = "done"
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, total_epochs):
         # Seeding per epoch makes shuffling and augmentation of epoch e independent of whether
         # the run was resumed, so a resumed run reproduces an uninterrupted one.
         seed_everything(config.seed * 1000 + epoch)
@@ -420,7 +452,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(normalize(images))
                 task_loss = F.cross_entropy(logits.float(), labels)
-            lam_now = config.lam * penalty_ramp(step, total_steps, config.penalty_warmup)
+            lam_now = budget.lam if budget else lam_at(stages, step, config.penalty_warmup)
             penalty = (sparsity_penalty(model, lam_now, weights=weights) if weights is not None
                        else torch.zeros((), device=device))
             loss = task_loss + penalty
@@ -438,6 +470,8 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
             correct += (logits.argmax(1) == labels).sum().item()
             loss_sum += task_loss.item() * labels.numel()
             scores = torch.stack([m.score.detach() for _, m in layers]).tolist()  # one device sync
+            if budget is not None:
+                budget_step(budget, scores, step, freeze_step(stages[0], config.gate_freeze))
             _emit(callbacks, "on_step", StepEvent(
                 step=step, total_steps=total_steps, epoch=epoch, loss=loss.item(),
                 task_loss=task_loss.item(), penalty=penalty.item(), lam_now=lam_now,
@@ -450,20 +484,27 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         if status == "cancelled":
             break
         stats = summarize(model)
+        stage = stage_at(stages, (epoch + 1) * steps_per_epoch)
         record = EpochEvent(
-            epoch=epoch, epochs=config.epochs, train_loss=loss_sum / max(seen, 1),
+            epoch=epoch, epochs=total_epochs, train_loss=loss_sum / max(seen, 1),
             train_acc=correct / max(seen, 1), val_acc=evaluate(model, val_loader, device, amp_dtype, normalize),
             test_acc=evaluate(model, test_loader, device, amp_dtype, normalize),
             task_specific_layers_pct=stats.task_specific_layers_pct,
             additional_params_pct=stats.additional_params_pct, active_layers=stats.active_layers,
-            seconds=time.perf_counter() - t0)
+            seconds=time.perf_counter() - t0, stage=stage.index if config.lam_path else None,
+            lam=budget.lam if budget else stage.lam)
+        if config.lam_path and epoch == stage.last_epoch and out:  # a frontier point: keep this stage's task
+            record.snapshot = str(save_pack(
+                model, out / f"stage-{stage.index}.safetensors", class_names=list(data.classes), lam=stage.lam,
+                metrics={k: getattr(record, k) for k in ("val_acc", "test_acc")} | stats.to_dict(),
+                extra=pack_extra(config, mean, std)))
         history.append(asdict(record))
+        _emit(callbacks, "on_epoch", record)  # first: a checkpoint never runs ahead of what listeners recorded
         if ckpt_path:
             state = {"config": _resume_key(config), "epoch": epoch, "model": _trainable_state(model),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "history": json.dumps(history)}
+                     "history": json.dumps(history), "budget_lam": budget.lam if budget else 0.0}
             atomic_write(ckpt_path, lambda fh: torch.save(state, fh))
-        _emit(callbacks, "on_epoch", record)
 
     final = history[-1] if history else {}
     stats = summarize(model)
@@ -472,15 +513,39 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         "train_acc": final.get("train_acc"),
         **{k: v for k, v in stats.to_dict().items()},
     }
+    final_lam = budget.lam if budget else stages[-1].lam
+    if budget is not None:
+        metrics.update(budget_pct=config.budget_pct, budget_kind=config.budget_kind, lam_final=final_lam)
+    snapshots = [h for h in history if h.get("snapshot")]
+    if config.lam_path:  # one frontier point per stage
+        metrics["path"] = [{k: h[k] for k in (*PATH_POINT_FIELDS, "snapshot")} for h in snapshots]
     pack_path = None
     if out and status == "done":
-        pack_path = str(save_pack(
-            model, out / PACK, class_names=list(data.classes), lam=config.lam, metrics=metrics,
-            extra={"method": config.method, "dataset": config.dataset, "resolution": config.resolution,
-                   "mean": list(mean), "std": list(std)}))
+        pack_path = str(save_pack(model, out / PACK, class_names=list(data.classes), lam=final_lam, metrics=metrics,
+                                  extra=pack_extra(config, mean, std)))
     return TrainResult(status=status, epochs_done=len(history), metrics=metrics,
                        layer_report=[r.to_dict() for r in layer_report(model)],
-                       pack_path=pack_path, history=history)
+                       pack_path=pack_path, history=history, stage_packs=[h["snapshot"] for h in snapshots])
+
+
+PATH_POINT_FIELDS = ("stage", "lam", "val_acc", "test_acc", "task_specific_layers_pct", "additional_params_pct",
+                     "active_layers")
+
+
+def pack_extra(config: TrainConfig, mean, std) -> dict:
+    """What a task pack records about how it was trained, to be evaluated the same way later."""
+    return {"method": config.method, "dataset": config.dataset, "resolution": config.resolution,
+            "mean": list(mean), "std": list(std)}
+
+
+def budget_step(budget: BudgetController, scores: list[float], step: int, freeze_at: int) -> None:
+    """Budget mode after a step: λ follows the measured cost while the gates learn; when they
+    freeze, the layers over budget (lowest scores first) are switched off, so the run ends
+    within its budget whatever the controller reached."""
+    if step < freeze_at:
+        budget.update(scores)
+    elif step == max(freeze_at, 1):
+        cap_to_budget(budget.costs, budget.target)
 
 
 def _resume_key(config: TrainConfig) -> str:

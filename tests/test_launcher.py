@@ -11,6 +11,7 @@ import pytest
 
 from taps.errors import ConfigError, UnknownBackboneError, UnknownDatasetError
 from workbench.launcher import DISAPPEARED, Launcher, _process_alive
+from tests.helpers import poll_until, step_numbers
 from workbench.store import TERMINAL, RunStore
 
 TINY = dict(resolution=32, train_subset=64, eval_subset=50, batch_size=16, epochs=2, dataset="fashion-mnist")
@@ -21,20 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def store(tmp_path):
     with RunStore(tmp_path / "runs") as s:
         yield s
-
-
-def _steps(store, run_id):
-    return [s["step"] for s in store.steps_since(run_id, 0)]
-
-
-def _poll_until(pred, timeout, poll=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def test_queue_one_at_a_time_live_events_and_reopen(store, monkeypatch):
@@ -69,7 +56,7 @@ def test_queue_one_at_a_time_live_events_and_reopen(store, monkeypatch):
         run = store.get_run(run_id)
         assert run["status"] == "done", (run["status"], run["error"])
         assert run["total_steps"] == run["last_step"] > 0
-        assert _steps(store, run_id) == list(range(1, run["total_steps"] + 1))
+        assert step_numbers(store, run_id) == list(range(1, run["total_steps"] + 1))
         assert len(store.epochs(run_id)) == 2
         assert run["metrics"]["val_acc"] is not None
         kinds = {x["kind"] for x in store.artifacts(run_id)}
@@ -89,24 +76,24 @@ def test_kill_9_is_reaped_then_resume_completes(store, monkeypatch):
     launcher = Launcher(store, max_concurrent=1)
     run_id = launcher.launch(dict(TINY, epochs=3))
     # wait until the first epoch is recorded (a checkpoint exists) and steps go on
-    _poll_until(lambda: store.get_run(run_id)["epochs_done"] >= 1 and
+    poll_until(lambda: store.get_run(run_id)["epochs_done"] >= 1 and
                 store.get_run(run_id)["last_step"] > store.get_run(run_id)["total_steps"] // 3, 90)
-    before = _steps(store, run_id)
+    before = step_numbers(store, run_id)
     pid = store.get_run(run_id)["pid"]
     os.kill(pid, signal.SIGKILL)
-    _poll_until(lambda: (launcher._poll_children(), not _process_alive(pid, None))[1], 10)
+    poll_until(lambda: (launcher._poll_children(), not _process_alive(pid, None))[1], 10)
     launcher.schedule()
     run = store.get_run(run_id)
     assert run["status"] == "failed"
     assert run["error"] == DISAPPEARED
-    assert _steps(store, run_id)[:len(before)] == before and len(before) > 0
+    assert step_numbers(store, run_id)[:len(before)] == before and len(before) > 0
     assert len(store.epochs(run_id)) >= 1
 
     monkeypatch.delenv("TAPS_WORKER_STEP_DELAY")
     assert launcher.resume(run_id) == "running"
     assert launcher.wait(run_id, timeout=90) == {run_id: "done"}
     run = store.get_run(run_id)
-    assert _steps(store, run_id) == list(range(1, run["total_steps"] + 1))
+    assert step_numbers(store, run_id) == list(range(1, run["total_steps"] + 1))
     assert [e["epoch"] for e in store.epochs(run_id)] == [0, 1, 2]
     assert "resuming from" in (store.run_dir(run_id) / "log.txt").read_text()
 
@@ -118,7 +105,7 @@ def test_cancel_running_run_takes_effect_quickly(store, monkeypatch):
     queued = launcher.launch(TINY)
     assert store.get_run(queued)["status"] == "queued"
     assert launcher.cancel(queued) == "cancelled"  # queued: at once
-    _poll_until(lambda: store.get_run(run_id)["last_step"] >= 2, 60)
+    poll_until(lambda: store.get_run(run_id)["last_step"] >= 2, 60)
     pid = store.get_run(run_id)["pid"]
     t0 = time.monotonic()
     assert launcher.cancel(run_id, grace_s=10) == "cancelled"

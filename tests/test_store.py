@@ -236,9 +236,11 @@ def test_frontier_only_finished_runs_metrics(store):
     rows = store.frontier()
     assert [r["run_id"] for r in rows] == [done2, done]  # full < taps
     row = rows[1]
+    run = store.get_run(done)
+    assert row.pop("seconds") == pytest.approx(run["finished_at"] - run["started_at"])  # the run's compute
     assert row == dict(run_id=done, name=None, sweep="lam", method="taps", dataset="fashion-mnist",
                        backbone="efficientnet_lite0", lam=0.5, lr=0.003, task_specific_layers_pct=24.5,
-                       additional_params_pct=10.6, val_acc=0.81, test_acc=0.79)
+                       additional_params_pct=10.6, val_acc=0.81, test_acc=0.79, total_steps=None)
     assert [r["run_id"] for r in store.frontier(sweep="lam")] == [done]
     assert [r["run_id"] for r in store.frontier(run_ids=[done2, running])] == [done2]
     assert rows[0]["test_acc"] == 0.5 and rows[0]["additional_params_pct"] == 100.0

@@ -36,6 +36,8 @@ REFERENCE_METHODS = {"finetune": ("full fine-tuning", "dash"), "feature_extracto
 OTHER_BASELINES = {"bn_only": ("BN + head", "diamond"), "manual_freeze": ("manual freeze", "square"),
                    "taps_joint": ("joint TAPS", "star"), "finetune_joint": ("joint fine-tuning", "cross")}
 TAPS_COLOR = "#1f77b4"
+PATH_COLOR = "#d62728"
+BUDGET_COLOR = "#2ca02c"
 DOMINATED_COLOR = "#9ecae1"
 # Off below τ, on at or above it: two flat colours with the boundary at the threshold.
 GATE_SCALE = [[0, "#f0f0f0"], [0.5, "#f0f0f0"], [0.5, TAPS_COLOR], [1, TAPS_COLOR]]
@@ -168,6 +170,23 @@ def frontier_figure(points: Sequence[dict], *, x: str = "task_specific_layers_pc
                 marker=dict(size=11, color=color, line=dict(width=1, color="#fff")),
                 hovertemplate="%{text}<br>%{x:.1f}" + ("%" if x.endswith("pct") else "") +
                               "<br>%{y:.3f}<br>run %{customdata}<extra></extra>"))
+    unit = "%" if x.endswith("pct") else ""
+    for run_id in dict.fromkeys(p["run_id"] for p in usable if p.get("method") == "taps_path"):
+        pts = sorted((p for p in usable if p["run_id"] == run_id and p.get("method") == "taps_path"),
+                     key=lambda p: p["lam"])  # one run's stages, joined: its frontier
+        fig.add_trace(go.Scatter(
+            x=[p[x] for p in pts], y=[p[y] for p in pts], mode="lines+markers+text", name="λ path (one run)",
+            text=[_label(p) for p in pts], textposition="bottom center", customdata=[run_id] * len(pts),
+            marker=dict(size=9, symbol="triangle-up", color=PATH_COLOR), line=dict(color=PATH_COLOR, dash="dot"),
+            hovertemplate="λ path, %{text}<br>%{x:.1f}" + unit + "<br>%{y:.3f}<br>run %{customdata}<extra></extra>"))
+    budget = [p for p in usable if p.get("method") == "taps_budget"]
+    if budget:
+        fig.add_trace(go.Scatter(
+            x=[p[x] for p in budget], y=[p[y] for p in budget], mode="markers+text", name="TAPS budget",
+            text=[f"≤{p['budget_pct']:g}% {'layers' if p.get('budget_kind') == 'layers' else 'params'}"
+                  for p in budget], textposition="top center", customdata=[p["run_id"] for p in budget],
+            marker=dict(size=11, symbol="hexagon", color=BUDGET_COLOR, line=dict(width=1, color="#fff")),
+            hovertemplate="budget %{text}<br>%{x:.1f}" + unit + "<br>%{y:.3f}<br>run %{customdata}<extra></extra>"))
     for method, (name, symbol) in OTHER_BASELINES.items():
         pts = [p for p in usable if p.get("method") == method]
         if pts:

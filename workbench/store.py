@@ -758,10 +758,13 @@ class RunStore:
 
     def frontier(self, sweep: str | None = None, run_ids: Iterable[str] | None = None) -> list[dict]:
         """Finished (done) runs' final trade-off: run_id, name, sweep, method, dataset, backbone,
-        lam, lr, task_specific_layers_pct, additional_params_pct, val_acc, test_acc — from each
-        run's final metrics (runs without metrics are left out). Sorted by method, then λ."""
-        sql = ("SELECT id, name, sweep, method, dataset, backbone, lam, lr, metrics FROM runs "
-               "WHERE status = 'done' AND metrics IS NOT NULL")
+        lam, lr, task_specific_layers_pct, additional_params_pct, val_acc, test_acc, and the run's
+        compute (total_steps, seconds) — from each run's final metrics (runs without metrics are
+        left out). Sorted by method, then λ. A joint run gives a point per task (method
+        ``<method>_joint``), a λ path a point per stage (``taps_path``, with ``stage``), a budget
+        run one point (``taps_budget``, with ``budget_pct``)."""
+        sql = ("SELECT id, name, sweep, method, dataset, backbone, lam, lr, metrics, total_steps, "
+               "finished_at - started_at AS seconds FROM runs WHERE status = 'done' AND metrics IS NOT NULL")
         params: list[Any] = []
         if sweep is not None:
             sql += " AND sweep = ?"
@@ -776,13 +779,22 @@ class RunStore:
             if not isinstance(metrics, dict):
                 continue
             row = {"run_id": r["id"], "name": r["name"], "sweep": r["sweep"], "method": r["method"],
-                   "dataset": r["dataset"], "backbone": r["backbone"], "lam": r["lam"], "lr": r["lr"]}
-            per_task = metrics.get("tasks")
+                   "dataset": r["dataset"], "backbone": r["backbone"], "lam": r["lam"], "lr": r["lr"],
+                   "total_steps": r["total_steps"], "seconds": r["seconds"]}  # the run's compute
+            per_task, path = metrics.get("tasks"), metrics.get("path")
             if isinstance(per_task, dict) and per_task:  # a joint run: one point per task
                 for task, m in per_task.items():
                     out.append(dict(row, dataset=task, method=f"{r['method']}_joint",
                                     **{k: m.get(k) for k in _FRONTIER_METRICS}))
                 continue
+            if isinstance(path, list) and path:  # a λ path: one point per stage snapshot
+                for point in path:
+                    out.append(dict(row, method="taps_path", lam=point.get("lam"), stage=point.get("stage"),
+                                    **{k: point.get(k) for k in _FRONTIER_METRICS}))
+                continue
+            if metrics.get("budget_pct") is not None:  # budget mode: λ is what the controller ended at
+                row.update(method="taps_budget", lam=metrics.get("lam_final"), budget_pct=metrics["budget_pct"],
+                           budget_kind=metrics.get("budget_kind"))
             row.update({k: metrics.get(k) for k in _FRONTIER_METRICS})
             out.append(row)
         return out

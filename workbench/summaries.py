@@ -44,6 +44,12 @@ def run_label(run: dict) -> str:
     method = run.get("method") or "run"
     if run.get("tasks") or (run.get("config") or {}).get("tasks"):
         method = f"joint {method}"
+    config = run.get("config") or {}
+    if config.get("budget_pct") is not None:
+        kind = "layers" if config.get("budget_kind", "layers") == "layers" else "params"
+        return f"{method} budget ≤{config['budget_pct']:g}% {kind}"
+    if config.get("lam_path"):
+        return f"{method} λ path {config['lam_path'][0]:g}→{config['lam_path'][-1]:g}"
     lam = run.get("lam")
     return f"{method} λ={lam:g}" if method.endswith("taps") and lam is not None else method
 
@@ -231,3 +237,22 @@ def pack_rows(store: RunStore, runs: Iterable[dict]) -> list[dict]:
                          "pack bytes": size, "full model bytes": full,
                          "% of full": 100 * size / full if full else None, "path": str(path)})
     return rows
+
+
+COMPUTE_KINDS = {"taps": "λ sweep", "taps_path": "λ path", "taps_budget": "budget runs"}
+
+
+def compute_caption(points: list[dict]) -> str:
+    """What each way of drawing the TAPS frontier cost: runs, steps and wall time, counting a run
+    once however many points it gives (a λ path gives one per stage)."""
+    parts = []
+    for method, kind in COMPUTE_KINDS.items():
+        runs = {p["run_id"]: p for p in points if p.get("method") == method}
+        if not runs:
+            continue
+        steps = sum(p.get("total_steps") or 0 for p in runs.values())
+        seconds = sum(p.get("seconds") or 0 for p in runs.values())
+        points_n = sum(1 for p in points if p.get("method") == method)
+        parts.append(f"{kind}: {points_n} point{'s' * (points_n != 1)} from {len(runs)} run{'s' * (len(runs) != 1)}, "
+                     f"{steps:,} steps, {format_duration(seconds)}")
+    return "Compute — " + " · ".join(parts) if parts else ""

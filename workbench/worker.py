@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -86,7 +85,6 @@ def run(store: RunStore, run_id: str) -> int:
     recorder = None
     try:
         from taps.backbones import device_description, resolve_device
-        from taps.errors import TrainingError
         from taps.trainer import CHECKPOINT, TrainConfig, train
 
         config = TrainConfig.from_dict(dict(run_row["config"]))
@@ -106,15 +104,10 @@ def run(store: RunStore, run_id: str) -> int:
         resume = (folder / CHECKPOINT).exists()
         if resume:
             print(f"worker: resuming from {folder / CHECKPOINT}", file=sys.stderr, flush=True)
-        try:
-            result = train(config, callbacks, resume=resume, should_stop=should_stop)
-        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused the checkpoint
-            raise TrainingError(f"refused to resume from {folder / CHECKPOINT} for safety: besides tensors it "
-                                "holds pickled Python objects, and unpickling them could run arbitrary code. "
-                                "This workbench never writes such a file; delete it to train the run from the "
-                                "start.") from exc
+        result = train(config, callbacks, resume=resume, should_stop=should_stop)  # refuses unsafe checkpoints
         recorder.close()
-        for pack in ([result.pack_path] if result.pack_path else []) + list(result.task_packs.values()):
+        for pack in ([result.pack_path] if result.pack_path else []) + list(result.task_packs.values()) + \
+                list(result.stage_packs):
             store.add_artifact(run_id, "pack", pack)
         if result.base_path:  # a joint run's trained shared base, which its packs need
             store.add_artifact(run_id, "base", result.base_path)

@@ -1,0 +1,180 @@
+"""Budget mode (λ found by dual ascent, the end state capped to the budget) and the λ path
+(the frontier from one run: stages warm-started from each other, a task pack per stage)."""
+import math
+import random
+
+import pytest
+import torch
+
+import taps
+from taps.budget import BudgetController, LayerCosts, cap_to_budget
+from taps.errors import ConfigError
+from taps.inference import evaluate_pack
+from taps.schedule import build_scheduler, lam_at, plan_stages
+from taps.trainer import TrainConfig, train
+from tests.helpers import Recorder, scramble, tiny_resnet
+
+TINY = dict(resolution=32, train_subset=160, eval_subset=100, batch_size=16, epochs=2, lr=0.02)
+
+
+def _optimizer():
+    weights, scores = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    return torch.optim.SGD([{"params": [weights], "name": "weights"}, {"params": [scores], "name": "scores"}], lr=1.0)
+
+
+def _lrs(scheduler, optimizer, steps):
+    out = []
+    for _ in range(steps):
+        out.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_one_stage_schedule_is_cosine_with_scores_frozen_after_gate_freeze():
+    opt = _optimizer()
+    lrs = _lrs(build_scheduler(opt, 10, 0.7), opt, 10)
+    assert [w for w, _ in lrs] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(10)])
+    assert [s for _, s in lrs] == pytest.approx([w if k < 7 else 0.0 for k, (w, _) in enumerate(lrs)])
+
+
+def test_stages_restart_the_cosine_and_ramp_lambda_from_the_previous_stage():
+    stages = plan_stages([0.5, 2.0], first_epochs=2, later_epochs=1, steps_per_epoch=5)  # 10 + 5 steps
+    assert [(s.start, s.steps, s.first_epoch, s.last_epoch) for s in stages] == [(0, 10, 0, 1), (10, 5, 2, 2)]
+    opt = _optimizer()
+    lrs = _lrs(build_scheduler(opt, 15, 0.6, stages), opt, 15)
+    assert [w for w, _ in lrs[10:]] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 5)) for k in range(5)])
+    assert [s for _, s in lrs[10:]] == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 5)),
+                                                      0.5 * (1 + math.cos(2 * math.pi / 5)), 0.0, 0.0])
+    # λ: 0 → 0.5 over 30 % of stage 0, then 0.5 → 2.0 over 30 % of stage 1
+    assert lam_at(stages, 3, 0.3) == pytest.approx(0.5) and lam_at(stages, 1, 0.3) == pytest.approx(0.5 / 3)
+    assert lam_at(stages, 10, 0.3) == pytest.approx(0.5)
+    assert lam_at(stages, 11, 0.3) == pytest.approx(0.5 + 1.5 * (1 / 1.5))
+    assert lam_at(stages, 15, 0.3) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("kind", ["layers", "params"])
+def test_layer_costs_price_a_gate_state_as_summarize_does(kind):
+    model = taps.adapt(tiny_resnet())
+    costs = LayerCosts(model, kind)
+    rng = random.Random(0)
+    for _ in range(5):
+        with torch.no_grad():
+            for layer in costs.layers:
+                layer.score.fill_(0.3 if rng.random() < 0.5 else 0.0)
+        stats = taps.summarize(model)
+        expected = stats.task_specific_layers_pct if kind == "layers" else stats.additional_params_pct
+        active = costs.active([float(m.score) for m in costs.layers])
+        assert costs.cost_pct(active) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("kind", ["layers", "params"])
+def test_cap_switches_off_the_lowest_scores_until_within_budget(kind):
+    model = taps.adapt(tiny_resnet())
+    scramble(model, off_every=5)
+    with torch.no_grad():
+        for i, (_, layer) in enumerate(taps.gated_layers(model)):
+            if layer.active:
+                layer.score.fill_(0.2 + 0.01 * i)
+    costs = LayerCosts(model, kind)
+    before = {i for i, m in enumerate(costs.layers) if m.active}
+    switched = cap_to_budget(costs, 30.0)
+    stats = taps.summarize(model)
+    assert (stats.task_specific_layers_pct if kind == "layers" else stats.additional_params_pct) <= 30.0
+    kept = before - set(switched)
+    assert switched and max(switched) < min(kept)  # scores rise with the index: the lowest went first
+    # one layer fewer switched off would have broken the budget
+    assert costs.cost_pct([i in kept or i == switched[-1] for i in range(len(costs.layers))]) > 30.0
+
+
+def test_controller_raises_lambda_over_budget_and_lowers_it_under_budget_to_zero():
+    model = taps.adapt(tiny_resnet())
+    costs = LayerCosts(model, "layers")
+    n = len(costs.layers)
+    controller = BudgetController(costs, 25.0, gain=0.5)
+    assert controller.update([0.3] * n) == pytest.approx(0.5 * 0.75)  # 100 % on: 75 points over
+    assert controller.update([0.3] * (n // 2) + [0.0] * (n - n // 2)) == pytest.approx(
+        0.375 + 0.5 * (100 * (n // 2) / n - 25) / 100)
+    for _ in range(10):
+        controller.update([0.0] * n)
+    assert controller.lam == 0.0
+
+
+@pytest.mark.parametrize("kind", ["layers", "params"])
+def test_budget_run_ends_within_its_budget(tmp_path, kind):
+    rec = Recorder()
+    result = train(TrainConfig(**TINY, budget_pct=40.0, budget_kind=kind, out_dir=str(tmp_path)), [rec])
+    key = "task_specific_layers_pct" if kind == "layers" else "additional_params_pct"
+    assert result.metrics[key] <= 40.0
+    assert result.metrics["budget_pct"] == 40.0 and result.metrics["lam_final"] == rec.epochs[-1].lam
+    lams = [e.lam_now for e in rec.steps]
+    assert lams[0] == 0.0 and max(lams) > 0  # λ starts at 0 and is raised while over budget
+    assert taps.read_pack(result.pack_path).metadata["lam"] == pytest.approx(result.metrics["lam_final"])
+
+
+def test_lambda_path_snapshots_one_task_pack_per_stage(tmp_path):
+    rec = Recorder()
+    config = TrainConfig(**{**TINY, "eval_subset": 60}, lam_path=[0.0, 1.0, 4.0], path_stage_epochs=1,
+                         out_dir=str(tmp_path))
+    result = train(config, [rec])
+    steps_per_epoch = 160 // 16
+    assert [e.step for e in rec.steps] == list(range(1, 4 * steps_per_epoch + 1))  # 2 + 1 + 1 epochs
+    assert [(e.epoch, e.stage, e.lam) for e in rec.epochs] == [(0, 0, 0.0), (1, 0, 0.0), (2, 1, 1.0), (3, 2, 4.0)]
+    assert [p["lam"] for p in result.metrics["path"]] == [0.0, 1.0, 4.0]
+    assert len(result.stage_packs) == 3 and result.stage_packs[-1] != result.pack_path
+    for point, pack in zip(result.metrics["path"], result.stage_packs):
+        assert point["snapshot"] == pack
+        stats = taps.read_pack(pack).metadata["metrics"]
+        assert stats["task_specific_layers_pct"] == point["task_specific_layers_pct"]
+        # the snapshot reloads to the accuracy recorded when it was taken
+        assert evaluate_pack(pack, eval_subset=60)["accuracy"] == pytest.approx(point["test_acc"])
+    assert result.metrics["path"][-1]["active_layers"] < result.metrics["path"][0]["active_layers"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(lam_path=[1.0, 0.5]), "increase"),
+    (dict(lam_path=[1.0]), "at least two"),
+    (dict(lam_path=[0.1, float("nan")]), "finite"),
+    (dict(budget_pct=0), "budget_pct"),
+    (dict(budget_pct=120), "budget_pct"),
+    (dict(budget_pct=20, budget_kind="bytes"), "budget_kind"),
+    (dict(budget_pct=20, method="finetune"), "single-task TAPS"),
+    (dict(budget_pct=20, lam_path=[0.1, 1.0]), "not both"),
+])
+def test_bad_budget_or_path_is_refused(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**bad).validate()
+
+
+def test_store_frontier_gives_a_point_per_stage_and_the_figure_joins_them(tmp_path):
+    from workbench import figures
+    from workbench.store import RunStore
+    from workbench.summaries import compute_caption
+
+    store = RunStore(tmp_path)
+    path = [{"stage": i, "lam": lam, "val_acc": 0.8 - 0.01 * i, "test_acc": 0.81 - 0.01 * i,
+             "task_specific_layers_pct": 90.0 - 30 * i, "additional_params_pct": 80.0 - 30 * i, "active_layers": 4 - i,
+             "snapshot": f"stage-{i}.safetensors"} for i, lam in enumerate([0.1, 1.0, 3.0])]
+    runs = {}
+    for kind, metrics in (("path", {"path": path, "test_acc": 0.79, "task_specific_layers_pct": 30.0}),
+                          ("budget", {"budget_pct": 25.0, "budget_kind": "layers", "lam_final": 0.7,
+                                      "test_acc": 0.8, "val_acc": 0.8, "task_specific_layers_pct": 24.0,
+                                      "additional_params_pct": 20.0})):
+        run_id = runs[kind] = store.create_run({"method": "taps", "lam": 0.3, "dataset": "d"})
+        store.mark_running(run_id, 1, None)
+        store.record_start(run_id, {"total_steps": 100 if kind == "path" else 60, "layer_names": ["a"],
+                                    "config": {}, "start_epoch": 0})
+        store.finish(run_id, "done", metrics=metrics)
+    points = store.frontier()
+    stages = [p for p in points if p["method"] == "taps_path"]
+    assert [(p["run_id"], p["stage"], p["lam"], p["test_acc"]) for p in stages] == \
+        [(runs["path"], i, lam, 0.81 - 0.01 * i) for i, lam in enumerate([0.1, 1.0, 3.0])]
+    (budget,) = [p for p in points if p["method"] == "taps_budget"]
+    assert (budget["run_id"], budget["lam"], budget["budget_pct"]) == (runs["budget"], 0.7, 25.0)
+    fig = figures.frontier_figure(points)
+    (line,) = [t for t in fig.data if t.name == "λ path (one run)"]
+    assert list(line.x) == [90.0, 60.0, 30.0] and list(line.text) == ["λ=0.1", "λ=1", "λ=3"]
+    (hexagons,) = [t for t in fig.data if t.name == "TAPS budget"]
+    assert list(hexagons.text) == ["≤25% layers"]
+    caption = compute_caption(points)  # the path run counted once, though it gives three points
+    assert "λ path: 3 points from 1 run, 100 steps" in caption and "budget runs: 1 point from 1 run, 60 steps" in caption
