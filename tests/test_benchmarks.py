@@ -80,3 +80,13 @@ def test_joint_vs_incremental_reports_both_settings_for_both_tasks(tmp_path):
     result = run_quick("joint_vs_incremental", tmp_path)
     pairs = {(r["setting"], r["task"]) for r in result["rows"]}
     assert pairs == {(s, t) for s in ("incremental", "joint") for t in ("fashion-mnist", "digits")}
+
+
+def test_budget_and_path_compares_with_an_independent_sweep(tmp_path):
+    result = run_quick("budget_and_path", tmp_path)
+    (budget,) = result["budget"]
+    assert budget["within"] and budget["task_specific_layers_pct"] <= budget["budget_pct"]
+    assert [p["lam"] for p in result["path"]] == [r["lam"] for r in result["sweep"]] == [0.3, 1.0]
+    compute = result["compute"]  # stage 0 is one single run; the later stage adds one epoch
+    assert compute["path_steps"] == 2 * compute["single_run_steps"] == compute["sweep_steps"]
+    assert (tmp_path / "budget_and_path.png").read_bytes()[:4] == b"\x89PNG"
