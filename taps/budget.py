@@ -5,8 +5,9 @@ cost c (% task-specific layers, or % additional parameters) being at most b. The
 penalty is the Lagrangian term of that constraint relaxed to the scores — with per-layer
 weights 1/L for a layer budget and numel_i/N for a parameter budget — and λ is its multiplier,
 found by dual ascent on the measured cost: λ ← max(0, λ + η·(c − b)/100) after every step
-while the gates learn. ``cap_to_budget`` then makes the end state honour the budget exactly:
-at the gate freeze, the lowest-scoring layers over budget are switched off.
+while the gates learn. ``project_to_budget`` then makes the end state honour the budget: at
+the gate freeze the highest-scoring layers that fit are kept on and the rest switched off, so
+the run ends at the budget (within one layer's worth), not just under it.
 """
 from __future__ import annotations
 
@@ -54,17 +55,27 @@ class BudgetController:
         return self.lam
 
 
-def cap_to_budget(costs: LayerCosts, target_pct: float, margin: float = 1e-3) -> list[int]:
-    """Switch off the lowest-scoring active layers until the cost is within ``target_pct``;
-    returns the indices switched off. Scores are set just below τ, so a frozen gate stays off."""
+def project_to_budget(costs: LayerCosts, target_pct: float, margin: float = 1e-3) -> tuple[list[int], list[int]]:
+    """The gate state within ``target_pct`` closest to it: layers taken by score, highest first,
+    while the cost stays within the target. Layers left out are switched off (score just below
+    τ), taken layers that were off are switched back on (just at τ + margin), so a frozen gate
+    keeps its state. Returns the indices switched (on, off). The controller's λ ranks the layers
+    and brings the cost near the target; this makes the end state honour it from both sides — an
+    overshoot (too many layers off) is as much a miss as too many on."""
     scores = [float(m.score.detach()) for m in costs.layers]
-    active = costs.active(scores)
-    switched = []
-    for i in sorted((i for i, on in enumerate(active) if on), key=lambda i: scores[i]):
-        if costs.cost_pct(active) <= target_pct:
-            break
-        active[i] = False
+    before = costs.active(scores)
+    keep = [False] * len(scores)
+    for i in sorted(range(len(scores)), key=lambda i: -scores[i]):
+        keep[i] = True
+        if costs.cost_pct(keep) > target_pct:
+            keep[i] = False  # too big: a smaller layer further down may still fit (parameter budgets)
+    switched_on, switched_off = [], []
+    for i, (was, now) in enumerate(zip(before, keep)):
         layer = costs.layers[i]
-        layer.score.data.fill_(layer.threshold - margin)
-        switched.append(i)
-    return switched
+        if now and not was:
+            layer.score.data.fill_(layer.threshold + margin)
+            switched_on.append(i)
+        elif was and not now:
+            layer.score.data.fill_(layer.threshold - margin)
+            switched_off.append(i)
+    return switched_on, switched_off

@@ -33,7 +33,7 @@ from .errors import ConfigError, TrainingError, WeightsUnavailableError
 from .fileio import atomic_write
 from .methods import METHODS, prepare_model, set_train_mode
 from .packs import save_pack
-from .budget import BUDGET_KINDS, BudgetController, LayerCosts, cap_to_budget
+from .budget import BUDGET_KINDS, BudgetController, LayerCosts, project_to_budget
 from .penalty import penalty_weights, sparsity_penalty
 from .schedule import build_scheduler, freeze_step, lam_at, plan_stages, stage_at
 from .stats import layer_report, summarize
@@ -83,7 +83,7 @@ class TrainConfig:
     # parameters (budget_kind); λ is found during training, starting from 0 (`lam` is not used).
     budget_pct: float | None = None
     budget_kind: str = "layers"  # layers | params
-    budget_gain: float = 0.3  # change of λ per step per 100 points over budget (dual ascent)
+    budget_gain: float = 0.1  # change of λ per step per 100 points over budget (dual ascent)
     # λ path (method taps): the whole frontier from one run. Stage 0 trains `epochs` at lam_path[0],
     # each later stage `path_stage_epochs` more at the next λ, warm-started; each stage's end is
     # snapshot as a task pack, one frontier point per stage.
@@ -540,12 +540,12 @@ def pack_extra(config: TrainConfig, mean, std) -> dict:
 
 def budget_step(budget: BudgetController, scores: list[float], step: int, freeze_at: int) -> None:
     """Budget mode after a step: λ follows the measured cost while the gates learn; when they
-    freeze, the layers over budget (lowest scores first) are switched off, so the run ends
-    within its budget whatever the controller reached."""
+    freeze, the gates are projected onto the budget (the highest scores that fit stay on), so the
+    run ends at its budget whatever the controller reached."""
     if step < freeze_at:
         budget.update(scores)
     elif step == max(freeze_at, 1):
-        cap_to_budget(budget.costs, budget.target)
+        project_to_budget(budget.costs, budget.target)
 
 
 def _resume_key(config: TrainConfig) -> str:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import taps
-from taps.budget import BudgetController, LayerCosts, cap_to_budget
+from taps.budget import BudgetController, LayerCosts, project_to_budget
 from taps.errors import ConfigError
 from taps.inference import evaluate_pack
 from taps.schedule import build_scheduler, lam_at, plan_stages
@@ -69,22 +69,28 @@ def test_layer_costs_price_a_gate_state_as_summarize_does(kind):
 
 
 @pytest.mark.parametrize("kind", ["layers", "params"])
-def test_cap_switches_off_the_lowest_scores_until_within_budget(kind):
+@pytest.mark.parametrize("on_share", [0.8, 0.1])  # over budget, and under it (a controller overshoot)
+def test_projection_keeps_the_highest_scores_that_fit_the_budget(kind, on_share):
     model = taps.adapt(tiny_resnet())
-    scramble(model, off_every=5)
+    layers = [m for _, m in taps.gated_layers(model)]
+    rng = random.Random(1)
     with torch.no_grad():
-        for i, (_, layer) in enumerate(taps.gated_layers(model)):
-            if layer.active:
-                layer.score.fill_(0.2 + 0.01 * i)
+        for i, layer in enumerate(layers):  # distinct scores; a share of the layers on
+            layer.score.fill_((0.2 if rng.random() < on_share else 0.0) + 0.001 * i)
     costs = LayerCosts(model, kind)
-    before = {i for i, m in enumerate(costs.layers) if m.active}
-    switched = cap_to_budget(costs, 30.0)
-    stats = taps.summarize(model)
-    assert (stats.task_specific_layers_pct if kind == "layers" else stats.additional_params_pct) <= 30.0
-    kept = before - set(switched)
-    assert switched and max(switched) < min(kept)  # scores rise with the index: the lowest went first
-    # one layer fewer switched off would have broken the budget
-    assert costs.cost_pct([i in kept or i == switched[-1] for i in range(len(costs.layers))]) > 30.0
+    original = [float(m.score) for m in layers]
+    on, off = project_to_budget(costs, 30.0)
+    assert (on if on_share < 0.3 else off) and not (on and off and set(on) & set(off))
+    scores = [float(m.score) for m in layers]
+    active = costs.active(scores)
+    assert costs.cost_pct(active) <= 30.0
+    # Maximal: every layer left off either has a lower score than all kept ones or does not fit.
+    for i, is_on in enumerate(active):
+        if not is_on:
+            assert costs.cost_pct([a or j == i for j, a in enumerate(active)]) > 30.0
+    if kind == "layers":  # exactly the k = ⌊30 % of L⌋ highest scores
+        top = sorted(range(len(layers)), key=lambda i: -original[i])[:int(0.3 * len(layers))]
+        assert {i for i, a in enumerate(active) if a} == set(top)
 
 
 def test_controller_raises_lambda_over_budget_and_lowers_it_under_budget_to_zero():
