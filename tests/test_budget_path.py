@@ -64,7 +64,7 @@ def test_layer_costs_price_a_gate_state_as_summarize_does(kind):
                 layer.score.fill_(0.3 if rng.random() < 0.5 else 0.0)
         stats = taps.summarize(model)
         expected = stats.task_specific_layers_pct if kind == "layers" else stats.additional_params_pct
-        active = costs.active([float(m.score) for m in costs.layers])
+        active = costs.active([m.score.item() for m in costs.layers])
         assert costs.cost_pct(active) == pytest.approx(expected)
 
 
@@ -78,10 +78,10 @@ def test_projection_keeps_the_highest_scores_that_fit_the_budget(kind, on_share)
         for i, layer in enumerate(layers):  # distinct scores; a share of the layers on
             layer.score.fill_((0.2 if rng.random() < on_share else 0.0) + 0.001 * i)
     costs = LayerCosts(model, kind)
-    original = [float(m.score) for m in layers]
+    original = [m.score.item() for m in layers]
     on, off = project_to_budget(costs, 30.0)
     assert (on if on_share < 0.3 else off) and not (on and off and set(on) & set(off))
-    scores = [float(m.score) for m in layers]
+    scores = [m.score.item() for m in layers]
     active = costs.active(scores)
     assert costs.cost_pct(active) <= 30.0
     # Maximal: every layer left off either has a lower score than all kept ones or does not fit.
