@@ -104,3 +104,72 @@ def test_off_layer_delta_stays_put_under_momentum():
         F.cross_entropy(layer(x), target).backward()
         opt.step()
     assert torch.equal(layer.delta.detach(), kept)
+
+
+def _linear_grads(layer, x, target):
+    """(loss, ∂L/∂δ, ∂L/∂s) by the hand formula, for comparing against the layer's autograd."""
+    _, grad_w = _hand_gradient_wrt_weight(layer, x, target)
+    return grad_w, (grad_w * layer.delta).sum()
+
+
+def test_training_steps_reuse_one_composition_buffer_and_stay_exact():
+    """Step after step the layer composes into the same memory, with values and gradients that
+    follow the updated δ (the buffer is a cache: stale contents would show here)."""
+    layer = _gated_linear(0.5)
+    optimizer = torch.optim.SGD([{"params": [layer.delta], "lr": 0.5}, {"params": [layer.score], "lr": 1e-3}])
+    pointers = []
+    for step in range(3):
+        x, target = torch.randn(8, 6), torch.randint(0, 4, (8,))
+        grad_w, grad_s = _linear_grads(layer, x, target)
+        out = layer(x)
+        assert torch.allclose(out, F.linear(x, layer.weight + layer.delta, layer.bias), atol=1e-6)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(out, target).backward()
+        assert torch.allclose(layer.delta.grad, grad_w, atol=1e-6)
+        assert torch.allclose(layer.score.grad, grad_s, atol=1e-6)
+        optimizer.step()
+        pointers.append(layer._compose_scratch.buffer.data_ptr())
+    assert layer.active and len(set(pointers)) == 1
+
+
+def test_two_forwards_before_one_backward_get_their_own_composition():
+    """Gradient accumulation across two live graphs: the second forward must not overwrite the
+    weight the first graph saved, so both backward passes give the hand-computed gradients."""
+    layer = _gated_linear(0.5)
+    x1, x2 = torch.randn(8, 6), torch.randn(8, 6)
+    t1, t2 = torch.randint(0, 4, (8,)), torch.randint(0, 4, (8,))
+    g1, s1 = _linear_grads(layer, x1, t1)
+    g2, s2 = _linear_grads(layer, x2, t2)
+    loss1 = F.cross_entropy(layer(x1), t1)
+    loss2 = F.cross_entropy(layer(x2), t2)
+    (loss1 + loss2).backward()
+    assert torch.allclose(layer.delta.grad, g1 + g2, atol=1e-6)
+    assert torch.allclose(layer.score.grad, s1 + s2, atol=1e-6)
+
+
+def test_retained_graph_backpropagates_twice_and_copies_start_without_the_buffer():
+    import copy
+    import pickle
+
+    layer = _gated_linear(0.5)
+    x, target = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    grad_w, _ = _linear_grads(layer, x, target)
+    loss = F.cross_entropy(layer(x), target)
+    loss.backward(retain_graph=True)
+    layer(torch.randn(8, 6)).sum()  # a forward while the retained graph still holds the buffer
+    loss.backward()
+    assert torch.allclose(layer.delta.grad, 2 * grad_w, atol=1e-6)
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert clone._compose_scratch.buffer is None
+        assert torch.allclose(clone(x), layer(x))
+    assert "_compose_scratch" not in layer.to_plain().__dict__
+
+
+def test_composition_buffer_follows_the_layer_to_another_dtype():
+    layer = _gated_linear(0.5)
+    x = torch.randn(8, 6)
+    layer(x).sum().backward()
+    layer = layer.double()
+    out = layer(x.double())
+    assert out.dtype == torch.float64 and layer._compose_scratch.buffer.dtype == torch.float64
+    assert torch.allclose(out, F.linear(x.double(), layer.weight + layer.delta, layer.bias))
