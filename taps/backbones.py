@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm
+from timm.models import is_model_in_modules
 import torch
 import torchvision
 from torch import nn
@@ -202,10 +203,21 @@ def _no_weights(name: str, why: str) -> WeightsUnavailableError:
 # Building
 
 
+# timm modules whose transformers take ``dynamic_img_size``: without it a ViT built for 224 px
+# fails on any other resolution, and the workbench lets users pick one.
+_DYNAMIC_SIZE_MODULES = ["vision_transformer", "vision_transformer_hybrid", "deit", "eva"]
+
+
+def _resolution_kwargs(name: str) -> dict:
+    """timm kwargs that let the model take any input resolution (position embeddings resampled)."""
+    return {"dynamic_img_size": True} if is_model_in_modules(name, _DYNAMIC_SIZE_MODULES) else {}
+
+
 def _build(name: str, num_classes: int, **timm_kwargs) -> nn.Module:
     """A randomly initialised model with a ``num_classes`` head (0 = no head, timm-style)."""
     tv = _tv_name(name)
     if tv is None:
+        timm_kwargs = {**_resolution_kwargs(name), **timm_kwargs}
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
     model = torchvision.models.get_model(tv, weights=None, num_classes=num_classes or PRETRAINED_CLASSES)
     if num_classes == 0:
@@ -387,7 +399,8 @@ def _load_hub(name: str, num_classes: int, cached: str | None) -> nn.Module:
         if tv is None:
             # a cached file is loaded directly, so offline use never touches the network
             overlay = {"pretrained_cfg_overlay": {"file": cached}} if cached else {}
-            return timm.create_model(name, pretrained=True, num_classes=num_classes, **overlay)
+            return timm.create_model(name, pretrained=True, num_classes=num_classes, **overlay,
+                                     **_resolution_kwargs(name))
         model = torchvision.models.get_model(tv, weights=_tv_weights(tv))
         if num_classes != PRETRAINED_CLASSES:
             _reset_head(model, num_classes)

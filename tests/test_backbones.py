@@ -250,6 +250,22 @@ def test_torchvision_resnet18_gets_timm_style_metadata():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
 
 
+def test_vit_takes_any_resolution_and_is_unchanged_at_its_own():
+    """A ViT is built with dynamic_img_size, so the workbench's 64 px default works; at 224 px
+    it computes exactly what timm's fixed-size ViT computes with the same weights."""
+    import timm
+
+    model = create_backbone("vit_small_patch16_224", 5, weights="none").eval()
+    fixed = timm.create_model("vit_small_patch16_224", num_classes=5).eval()
+    fixed.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model(x), fixed(x), atol=1e-5)
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+        with pytest.raises(AssertionError):
+            fixed(torch.randn(2, 3, 64, 64))
+
+
 # --- catalogue and devices -------------------------------------------------------------------------
 
 
