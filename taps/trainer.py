@@ -446,6 +446,8 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
         for i, (images, labels) in enumerate(loader):
             step = epoch * steps_per_epoch + i + 1
+            # Before the forward pass, so last step's gradients are freed while activations grow.
+            optimizer.zero_grad(set_to_none=True)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if amp_dtype is not None:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -460,7 +462,6 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
                 kept = f"; the last good checkpoint is {ckpt_path}" if ckpt_path and ckpt_path.exists() else ""
                 raise TrainingError(f"loss became {loss.item()} at step {step} (epoch {epoch + 1}){kept}. "
                                     f"Try a lower learning rate than {config.lr}.")
-            optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
