@@ -4,8 +4,8 @@ Training with a budget is a constrained problem: minimise the task loss subject 
 cost c (% task-specific layers, or % additional parameters) being at most b. The sparsity
 penalty is the Lagrangian term of that constraint relaxed to the scores — with per-layer
 weights 1/L for a layer budget and numel_i/N for a parameter budget — and λ is its multiplier,
-found by dual ascent on the measured cost: λ ← max(0, λ + η·(c − b)/100) after every step
-while the gates learn. ``project_to_budget`` then makes the end state honour the budget: at
+found by dual ascent on the measured cost: λ ← max(0, λ + η·(c − b_t)/100) after every step
+while the gates learn, against a target b_t annealed from the starting cost down to b. ``project_to_budget`` then makes the end state honour the budget: at
 the gate freeze the highest-scoring layers that fit are kept on and the rest switched off, so
 the run ends at the budget (within one layer's worth), not just under it.
 """
@@ -44,22 +44,42 @@ class LayerCosts:
 
 class BudgetController:
     """λ by dual ascent on the measured cost; ``gain`` is the change of λ per step per 100
-    points over budget."""
+    points over the target.
 
-    def __init__(self, costs: LayerCosts, target_pct: float, gain: float, lam: float = 0.0):
+    The target is annealed: it moves from the starting cost (every gate on) to the budget along
+    a cubic over ``anneal_steps``, as gradual pruning schedules do, then holds. Aiming at the
+    budget from step one overshoots — scores integrate λ, so by the time layers switch off λ has
+    wound up, too many go off, and λ then falls to 0 — leaving the freeze to re-enable layers
+    whose δ stopped training long before. Following a moving target keeps the error, and so λ,
+    small, and switches layers off a few at a time, lowest score first.
+    """
+
+    def __init__(self, costs: LayerCosts, target_pct: float, gain: float, lam: float = 0.0,
+                 anneal_steps: int = 0, start_pct: float = 100.0):
         self.costs, self.target, self.gain, self.lam = costs, float(target_pct), float(gain), float(lam)
+        self.anneal_steps, self.start = int(anneal_steps), max(float(start_pct), float(target_pct))
 
-    def update(self, scores: list[float]) -> float:
+    def target_at(self, step: int) -> float:
+        """The cost aimed at after ``step`` steps: the start cost falling to the budget by a cubic."""
+        if self.anneal_steps <= 0:
+            return self.target
+        left = max(0.0, 1.0 - step / self.anneal_steps)
+        return self.target + (self.start - self.target) * left ** 3
+
+    def update(self, scores: list[float], step: int | None = None) -> float:
         cost = self.costs.cost_pct(self.costs.active(scores))
-        self.lam = max(0.0, self.lam + self.gain * (cost - self.target) / 100.0)
+        target = self.target if step is None else self.target_at(step)
+        self.lam = max(0.0, self.lam + self.gain * (cost - target) / 100.0)
         return self.lam
 
 
-def project_to_budget(costs: LayerCosts, target_pct: float, margin: float = 1e-3) -> tuple[list[int], list[int]]:
+def project_to_budget(costs: LayerCosts, target_pct: float, margin: float = 1e-3,
+                      switch_on: bool = True) -> tuple[list[int], list[int]]:
     """The gate state within ``target_pct`` closest to it: layers taken by score, highest first,
     while the cost stays within the target. Layers left out are switched off (score just below
     τ), taken layers that were off are switched back on (just at τ + margin), so a frozen gate
-    keeps its state. Returns the indices switched (on, off). The controller's λ ranks the layers
+    keeps its state; with ``switch_on=False`` only the switching off is done (a cap). Returns
+    the indices switched (on, off). The controller's λ ranks the layers
     and brings the cost near the target; this makes the end state honour it from both sides — an
     overshoot (too many layers off) is as much a miss as too many on."""
     scores = [float(m.score.detach()) for m in costs.layers]
@@ -72,7 +92,7 @@ def project_to_budget(costs: LayerCosts, target_pct: float, margin: float = 1e-3
     switched_on, switched_off = [], []
     for i, (was, now) in enumerate(zip(before, keep)):
         layer = costs.layers[i]
-        if now and not was:
+        if now and not was and switch_on:
             layer.score.data.fill_(layer.threshold + margin)
             switched_on.append(i)
         elif was and not now:

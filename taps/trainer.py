@@ -393,7 +393,13 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
     scheduler = build_scheduler(optimizer, total_steps, config.gate_freeze, stages)
     budget = None
     if config.budget_pct is not None:  # the penalty is the Lagrangian term of the budget: weights by its kind
-        budget = BudgetController(LayerCosts(model, config.budget_kind), config.budget_pct, config.budget_gain)
+        costs = LayerCosts(model, config.budget_kind)
+        # The target reaches the budget two thirds of the way to the gate freeze, so the last third
+        # settles λ and trains the layers that stay. It starts at the cost of the initial gates
+        # (from the config, so a resumed run anneals the same way).
+        budget = BudgetController(costs, config.budget_pct, config.budget_gain,
+                                  anneal_steps=round(2 / 3 * freeze_step(stages[0], config.gate_freeze)),
+                                  start_pct=costs.cost_pct([config.score_init >= m.threshold for m in costs.layers]))
         weights = penalty_weights(model, config.budget_kind).to(device)
     else:
         weights = penalty_weights(model, config.penalty_mode).to(device) if config.method == "taps" else None
@@ -540,11 +546,14 @@ def pack_extra(config: TrainConfig, mean, std) -> dict:
 
 
 def budget_step(budget: BudgetController, scores: list[float], step: int, freeze_at: int) -> None:
-    """Budget mode after a step: λ follows the measured cost while the gates learn; when they
-    freeze, the gates are projected onto the budget (the highest scores that fit stay on), so the
-    run ends at its budget whatever the controller reached."""
+    """Budget mode after a step. While the gates learn, λ follows the measured cost against the
+    annealed target, and the target caps the gates: active layers beyond it, lowest score first,
+    are switched off — gradual pruning that cannot overshoot in a cascade, since scores bunched
+    near τ cross together when λ alone pushes them. At the freeze the gates are projected onto
+    the budget (the highest scores that fit stay on), so the run ends at its budget."""
     if step < freeze_at:
-        budget.update(scores)
+        budget.update(scores, step)
+        project_to_budget(budget.costs, budget.target_at(step), switch_on=False)
     elif step == max(freeze_at, 1):
         project_to_budget(budget.costs, budget.target)
 

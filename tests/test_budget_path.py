@@ -1,4 +1,5 @@
-"""Budget mode (λ found by dual ascent, the end state capped to the budget) and the λ path
+"""Budget mode (λ found by dual ascent on an annealed target that also caps the gates, the end
+state projected onto the budget) and the λ path
 (the frontier from one run: stages warm-started from each other, a task pack per stage)."""
 import math
 import random
@@ -104,6 +105,34 @@ def test_controller_raises_lambda_over_budget_and_lowers_it_under_budget_to_zero
     for _ in range(10):
         controller.update([0.0] * n)
     assert controller.lam == 0.0
+
+
+def test_target_anneals_from_the_starting_cost_to_the_budget_by_a_cubic():
+    costs = LayerCosts(taps.adapt(tiny_resnet()), "layers")
+    controller = BudgetController(costs, 25.0, gain=0.1, anneal_steps=90, start_pct=100.0)
+    assert [controller.target_at(t) for t in (0, 30, 45, 90, 500)] == pytest.approx(
+        [100.0, 25 + 75 * (2 / 3) ** 3, 25 + 75 / 8, 25.0, 25.0])
+    # λ is driven by the error against the moving target, not the final budget: at step 45 a
+    # cost of 40 % is 5.625 points over, where the budget alone would call it 15 over.
+    assert controller.update([0.3] * 2 + [0.0] * (len(costs.layers) - 2), 45) == 0.0  # under: stays 0
+    n_on = round(0.4 * len(costs.layers))
+    cost = 100 * n_on / len(costs.layers)
+    lam = controller.update([0.3] * n_on + [0.0] * (len(costs.layers) - n_on), 45)
+    assert lam == pytest.approx(0.1 * (cost - (25 + 75 / 8)) / 100)
+
+
+def test_the_cap_only_switches_layers_off():
+    model = taps.adapt(tiny_resnet())
+    layers = [m for _, m in taps.gated_layers(model)]
+    costs = LayerCosts(model, "layers")
+    with torch.no_grad():
+        for i, layer in enumerate(layers):  # the first fifth on, with distinct scores
+            layer.score.fill_(0.2 + 0.001 * i if i < len(layers) // 5 else 0.0)
+    assert project_to_budget(costs, 50.0, switch_on=False) == ([], [])  # under the cap: nothing on
+    n_keep = int(0.1 * len(layers))
+    on, off = project_to_budget(costs, 100 * n_keep / len(layers), switch_on=False)
+    first_fifth = list(range(len(layers) // 5))
+    assert on == [] and off == first_fifth[:len(first_fifth) - n_keep]  # the lowest scores go
 
 
 @pytest.mark.parametrize("kind", ["layers", "params"])
