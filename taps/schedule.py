@@ -35,6 +35,11 @@ class Stage:
         return min(max(step - self.start, 0), self.steps)
 
 
+def total_epochs(epochs: int, lam_path: list[float] | None = None, path_stage_epochs: int = 1) -> int:
+    """Epochs a run trains in all: ``epochs``, plus ``path_stage_epochs`` per later λ-path stage."""
+    return int(epochs) + (max(len(lam_path) - 1, 0) * int(path_stage_epochs) if lam_path else 0)
+
+
 def plan_stages(lams: list[float], first_epochs: int, later_epochs: int, steps_per_epoch: int) -> list[Stage]:
     stages, epoch, lam_from = [], 0, 0.0
     for i, lam in enumerate(lams):

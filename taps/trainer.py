@@ -239,6 +239,7 @@ class StartEvent:
     total_steps: int
     start_epoch: int
     tasks: list[str] = field(default_factory=list)
+    total_epochs: int | None = None  # all stages of a λ path; None: config["epochs"]
 
 
 @dataclass
@@ -438,7 +439,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         layer_names=[r.name for r in report], layer_kinds=[r.kind for r in report],
         layer_params=[r.params for r in report], classes=list(data.classes),
         train_size=len(data.train), val_size=len(data.val), test_size=len(data.test),
-        total_steps=total_steps, start_epoch=start_epoch))
+        total_steps=total_steps, start_epoch=start_epoch, total_epochs=total_epochs))
 
     status = "done"
     for epoch in range(start_epoch, total_epochs):

@@ -157,6 +157,7 @@ def test_lambda_path_snapshots_one_task_pack_per_stage(tmp_path):
     assert [(e.epoch, e.stage, e.lam) for e in rec.epochs] == [(0, 0, 0.0), (1, 0, 0.0), (2, 1, 1.0), (3, 2, 4.0)]
     assert [p["lam"] for p in result.metrics["path"]] == [0.0, 1.0, 4.0]
     assert len(result.stage_packs) == 3 and result.stage_packs[-1] != result.pack_path
+    assert rec.start.total_epochs == 4  # what progress shows as "epoch k/4", not k/2
     for point, pack in zip(result.metrics["path"], result.stage_packs):
         assert point["snapshot"] == pack
         stats = taps.read_pack(pack).metadata["metrics"]
@@ -213,3 +214,14 @@ def test_store_frontier_gives_a_point_per_stage_and_the_figure_joins_them(tmp_pa
     assert list(hexagons.text) == ["≤25% layers"]
     caption = compute_caption(points)  # the path run counted once, though it gives three points
     assert "λ path: 3 points from 1 run, 100 steps" in caption and "budget runs: 1 point from 1 run, 60 steps" in caption
+
+
+def test_store_counts_every_stage_of_a_path_in_the_run_epochs(tmp_path):
+    from workbench.store import RunStore
+
+    store = RunStore(tmp_path)
+    path_run = store.create_run({"method": "taps", "epochs": 3, "lam_path": [0.1, 0.3, 1.0], "path_stage_epochs": 2})
+    plain_run = store.create_run({"method": "taps", "epochs": 3, "lam": 0.3})
+    assert (store.get_run(path_run)["epochs"], store.get_run(plain_run)["epochs"]) == (7, 3)
+    store.record_start(path_run, {"total_steps": 70, "config": {"epochs": 3}, "start_epoch": 0, "total_epochs": 9})
+    assert store.get_run(path_run)["epochs"] == 9  # the trainer's own count wins

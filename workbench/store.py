@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from taps.errors import TAPSError
+from taps.schedule import total_epochs
 
 __all__ = [
     "RunStore", "StoreRecorder", "StoreError", "SCHEMA_VERSION", "STATUSES", "TERMINAL",
@@ -479,7 +480,7 @@ class RunStore:
                     "created_at, epochs, backend, device) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, name, sweep, config.get("method"), dataset, config.get("backbone"),
                      _opt_float(config.get("lam")), _opt_float(config.get("lr")), config_json, now,
-                     _opt_int(config.get("epochs")), backend, config.get("device")))
+                     _planned_epochs(config), backend, config.get("device")))
         except BaseException as e:
             shutil.rmtree(folder, ignore_errors=True)
             if isinstance(e, OSError):
@@ -636,7 +637,7 @@ class RunStore:
                  _dumps(list(d.get("classes") or []), "classes"),
                  _opt_int(d.get("total_steps")), d.get("device"), _opt_int(d.get("train_size")),
                  _opt_int(d.get("val_size")), _opt_int(d.get("test_size")),
-                 _opt_int((d.get("config") or {}).get("epochs")), time.time(), start_epoch,
+                 _opt_int(d.get("total_epochs")) or _planned_epochs(d.get("config") or {}), time.time(), start_epoch,
                  _dumps(list(d["tasks"]), "tasks") if d.get("tasks") else None, run_id))
             if cur.rowcount == 0:
                 raise StoreError(f"no run {run_id!r} in the run store {self.root}")
@@ -798,6 +799,14 @@ class RunStore:
             row.update({k: metrics.get(k) for k in _FRONTIER_METRICS})
             out.append(row)
         return out
+
+
+def _planned_epochs(config: Mapping) -> int | None:
+    """The epochs a run's config trains in all (a λ path adds its later stages)."""
+    epochs = _opt_int(config.get("epochs"))
+    if epochs is None:
+        return None
+    return total_epochs(epochs, config.get("lam_path"), _opt_int(config.get("path_stage_epochs")) or 1)
 
 
 def _reopen(cls, root: str, busy_timeout_s: float) -> RunStore:
