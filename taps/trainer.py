@@ -83,7 +83,7 @@ class TrainConfig:
     # parameters (budget_kind); λ is found during training, starting from 0 (`lam` is not used).
     budget_pct: float | None = None
     budget_kind: str = "layers"  # layers | params
-    budget_gain: float = 0.1  # change of λ per step per 100 points over budget (dual ascent)
+    budget_gain: float = 0.1  # change of λ per step per 100 points over the annealed target (dual ascent)
     # λ path (method taps): the whole frontier from one run. Stage 0 trains `epochs` at lam_path[0],
     # each later stage `path_stage_epochs` more at the next λ, warm-started; each stage's end is
     # snapshot as a task pack, one frontier point per stage.
