@@ -67,7 +67,9 @@ def adapt(model: nn.Module, config: TAPSConfig | None = None) -> nn.Module:
         p.requires_grad_(False)
     for name in names:
         layer = model.get_submodule(name)
-        replace_module(model, name, GATED_TYPES[type(layer)].from_layer(layer, config.threshold, config.score_init))
+        gated = GATED_TYPES[type(layer)].from_layer(layer, config.threshold, config.score_init)
+        gated.recompute = bool(config.recompute_weights)
+        replace_module(model, name, gated)
     if config.train_norms:
         for module in model.modules():
             if isinstance(module, NORM_TYPES):

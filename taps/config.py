@@ -23,6 +23,9 @@ class TAPSConfig:
                  (trained and stored in the task pack), as in the paper.
     head:        module name of the classifier head; None finds it (timm metadata, then the last
                  Linear).
+    recompute_weights: compose w̄ + δ again in the backward pass instead of keeping it (like
+                 gradient checkpointing, for the weights): one weight-sized copy less in training
+                 memory, one more add per active layer per step. Same gradients.
     """
 
     threshold: float = 0.1
@@ -32,6 +35,7 @@ class TAPSConfig:
     penalty_mode: PenaltyMode = "layers"
     train_norms: bool = True
     head: str | None = None
+    recompute_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.penalty_mode not in ("layers", "params"):

@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Conv2dSame
 from timm.layers.conv2d_same import conv2d_same
+from timm.layers.padding import pad_same
 from torch import nn
+
+from .recompute import GatedConv2dFunction, GatedLinearFunction
 
 
 class ComposeWeight(torch.autograd.Function):
@@ -94,6 +97,9 @@ class GatedLayer:
     delta: nn.Parameter
     score: nn.Parameter
     threshold: float
+    # Recompute w̄ + δ in the backward pass instead of keeping it (taps.recompute): one weight
+    # copy less in training memory, one more add per active layer per step.
+    recompute: bool = False
 
     def _init_taps(self, threshold: float, score_init: float) -> None:
         self.threshold = float(threshold)
@@ -112,6 +118,9 @@ class GatedLayer:
     def composed_weight(self) -> torch.Tensor:
         """w̄ + I·δ as a new tensor, differentiable in δ and s."""
         return ComposeWeight.apply(self.weight, self.delta, self.score, self.threshold)
+
+    def _recomputing(self) -> bool:
+        return self.recompute and torch.is_grad_enabled()
 
     def _forward_weight(self) -> torch.Tensor:
         """composed_weight() for this layer's own forward pass: while gradients are recorded it
@@ -157,6 +166,7 @@ class _GatedBase(GatedLayer):
         plain = _retype(self, self.plain_type)
         del plain._parameters["delta"], plain._parameters["score"]
         del plain.__dict__["threshold"]
+        plain.__dict__.pop("recompute", None)
         plain.__dict__.pop("_compose_scratch", None)
         plain.weight = nn.Parameter(self.merged_weight(), requires_grad=False)
         return plain
@@ -166,6 +176,12 @@ class GatedConv2d(_GatedBase, nn.Conv2d):
     plain_type = nn.Conv2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._recomputing() and not isinstance(self.padding, str):  # 'same'/'valid': plain path
+            padding = self.padding
+            if self.padding_mode != "zeros":
+                x, padding = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode), (0, 0)
+            return GatedConv2dFunction.apply(x, self.weight, self.delta, self.score, self.bias, self.threshold,
+                                             self.stride, padding, self.dilation, self.groups)
         return self._conv_forward(x, self._forward_weight(), self.bias)
 
 
@@ -175,6 +191,10 @@ class GatedConv2dSame(_GatedBase, Conv2dSame):
     plain_type = Conv2dSame
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._recomputing():  # conv2d_same's own steps: pad, then an unpadded convolution
+            x = pad_same(x, self.weight.shape[-2:], self.stride, self.dilation)
+            return GatedConv2dFunction.apply(x, self.weight, self.delta, self.score, self.bias, self.threshold,
+                                             self.stride, (0, 0), self.dilation, self.groups)
         return conv2d_same(x, self._forward_weight(), self.bias, self.stride, self.padding,
                            self.dilation, self.groups)
 
@@ -183,6 +203,8 @@ class GatedLinear(_GatedBase, nn.Linear):
     plain_type = nn.Linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._recomputing():
+            return GatedLinearFunction.apply(x, self.weight, self.delta, self.score, self.bias, self.threshold)
         return F.linear(x, self._forward_weight(), self.bias)
 
 

@@ -92,6 +92,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA; ignored on CPU
+    recompute_weights: bool = False  # less memory, a little more time: see TAPSConfig
     num_workers: int = 0
     out_dir: str | None = None  # checkpoint and task pack; None keeps nothing on disk
 
@@ -178,7 +179,8 @@ class TrainConfig:
 
     def taps_config(self) -> TAPSConfig:
         return TAPSConfig(threshold=self.threshold, score_init=self.score_init, include=self.include,
-                          exclude=self.exclude, penalty_mode=self.penalty_mode)
+                          exclude=self.exclude, penalty_mode=self.penalty_mode,
+                          recompute_weights=self.recompute_weights)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -561,5 +563,5 @@ def budget_step(budget: BudgetController, scores: list[float], step: int, freeze
 
 def _resume_key(config: TrainConfig) -> str:
     """Settings that must match for a checkpoint to be resumed (not where it lives, not the device)."""
-    key = {k: v for k, v in config.to_dict().items() if k not in ("out_dir", "device", "num_workers")}
+    key = {k: v for k, v in config.to_dict().items() if k not in ("out_dir", "device", "num_workers", "recompute_weights")}
     return json.dumps(key, sort_keys=True)
