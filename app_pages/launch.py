@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import streamlit as st
 
+from taps.schedule import total_epochs
 from workbench import paths, ui
 from workbench.summaries import estimate_seconds, format_duration
 
@@ -207,13 +208,17 @@ with right:
                                 help="layers: every layer costs the same (the paper); params: a layer "
                                      "costs its share of the parameters.")
         device_choice = a2.text_input("Device", value="auto", help="auto picks the GPU when there is one.")
+        recompute_weights = a1.checkbox("Save memory: recompute w̄ + δ", value=bool(defaults["recompute_weights"]),
+                                        help="Compose each layer's weight again in the backward pass instead of "
+                                             "keeping it: one weight-sized copy less, a few % more time.")
 
 config = dict(defaults, backbone=backbone, dataset=tasks[0] if tasks else dataset,
               method="taps" if method == "joint" else method, tasks=tasks, lr=float(lr), epochs=int(epochs),
               batch_size=int(batch_size), resolution=int(resolution), train_subset=int(train_subset) or None,
               threshold=float(threshold), score_init=float(score_init), score_lr=float(score_lr) or None,
               eval_subset=int(eval_subset) or None, seed=int(seed), norm_stats=norm_stats,
-              penalty_mode=penalty_mode, device=device_choice.strip() or "auto", **extra)
+              penalty_mode=penalty_mode, device=device_choice.strip() or "auto",
+              recompute_weights=bool(recompute_weights), **extra)
 if lams:
     config["lam"] = lams[0]
 n_runs = (len(lams) + (2 if baselines else 0)) if method in ("taps", "joint") and len(lams) > 1 else 1
@@ -223,8 +228,7 @@ device_text = ui.device()
 on_gpu = "cpu" not in device_text.lower().split("(")[0]
 history = launcher.store.list_runs(status="done", limit=50)
 images_per_epoch = (config["train_subset"] or 0) * max(1, len(tasks)) or None  # joint: every task's images
-all_epochs = config["epochs"] + (len(extra["lam_path"]) - 1) * extra["path_stage_epochs"] if "lam_path" in extra \
-    else config["epochs"]
+all_epochs = total_epochs(config["epochs"], extra.get("lam_path"), extra.get("path_stage_epochs", 1))
 seconds = estimate_seconds(dict(config, train_subset=images_per_epoch, epochs=all_epochs), history,
                            params_m=infos.get(backbone, {}).get("params_m"), on_gpu=on_gpu)
 estimate = (f"about {format_duration(seconds)} per run" if seconds is not None

@@ -83,6 +83,22 @@ def test_several_lams_launch_one_sweep_with_optional_baselines(tmp_path, monkeyp
             launcher.cancel(r["id"], grace_s=2)
 
 
+def test_memory_saving_option_reaches_the_run_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAPS_WORKER_STEP_DELAY", "5")  # cancelled below, long before it ends
+    at = app(tmp_path, monkeypatch)
+    (box,) = [c for c in at.checkbox if c.label.startswith("Save memory")]
+    assert box.value is False
+    box.check().run()
+    at.button[0].click().run()
+    assert_clean(at)
+    launcher = Launcher(RunStore(tmp_path))
+    (run,) = launcher.list_runs()
+    try:
+        assert run["config"]["recompute_weights"] is True
+    finally:
+        launcher.cancel(run["id"], grace_s=2)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda at: _lam(at).set_value("-1"), "λ must be a finite number ≥ 0"),
     (lambda at: _lam(at).set_value(" "), "enter at least one λ value"),
@@ -278,7 +294,7 @@ def test_pages_with_two_hundred_runs(tmp_path, monkeypatch):
     from benchmarks.synthetic_store import populate
 
     store = RunStore(tmp_path)
-    ids = populate(store, 200, 20)
+    populate(store, 200, 20)
     at = app(tmp_path, monkeypatch, RUNS)
     assert len(at.dataframe[0].value) == 200
     assert at.subheader[0].value.endswith(":green-badge[done]")

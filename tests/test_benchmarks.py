@@ -28,12 +28,14 @@ def by(rows, key):
 def test_training_overhead_measures_time_and_memory_of_each_step_kind(tmp_path):
     result = run_quick("training_overhead", tmp_path)
     rows = by(result["rows"], "kind")
-    assert set(rows) == {"finetune", "taps", "taps_half_off"}
+    assert set(rows) == {"finetune", "taps", "taps_half_off", "taps_recompute"}
     assert rows["finetune"]["time_ratio"] == 1.0 and rows["finetune"]["memory_ratio"] == 1.0
     assert all(r["median_ms"] > 0 for r in rows.values())
     # TAPS holds w̄ and δ (and composes w̄ + δ); with half the gates off it composes and grads half.
     assert rows["taps"]["peak_mb"] > rows["finetune"]["peak_mb"]
     assert rows["taps_half_off"]["peak_mb"] < rows["taps"]["peak_mb"]
+    # Recomputing keeps no composed weights: Lite0 at 32 px is mostly weights, so this shows.
+    assert rows["taps_recompute"]["peak_mb"] < rows["taps"]["peak_mb"]
     assert "× fine-tune" in result["stdout"]
 
 
