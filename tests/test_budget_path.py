@@ -13,7 +13,7 @@ from taps.errors import ConfigError
 from taps.inference import evaluate_pack
 from taps.schedule import build_scheduler, lam_at, plan_stages
 from taps.trainer import TrainConfig, train
-from tests.helpers import Recorder, scramble, tiny_resnet
+from tests.helpers import Recorder, tiny_resnet
 
 TINY = dict(resolution=32, train_subset=160, eval_subset=100, batch_size=16, epochs=2, lr=0.02)
 

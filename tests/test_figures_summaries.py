@@ -74,7 +74,7 @@ def test_tables_from_a_store(tmp_path):
     from benchmarks.synthetic_store import populate
 
     store = RunStore(tmp_path)
-    ids = populate(store, 5, 10)
+    populate(store, 5, 10)
     runs = store.list_runs()
     rows = run_rows(runs)
     assert [r["id"] for r in rows] == [r["id"] for r in runs] and all(r["progress"] == 1.0 for r in rows)

@@ -1,13 +1,11 @@
 """The trainer on real offline data: events, packs, resume, cancel and clear errors."""
 import io
-import json
 import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
