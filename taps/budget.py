@@ -11,6 +11,7 @@ the run ends at the budget (within one layer's worth), not just under it.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .adaptation import gated_layers
@@ -90,12 +91,13 @@ def project_to_budget(costs: LayerCosts, target_pct: float, margin: float = 1e-3
         if costs.cost_pct(keep) > target_pct:
             keep[i] = False  # too big: a smaller layer further down may still fit (parameter budgets)
     switched_on, switched_off = [], []
-    for i, (was, now) in enumerate(zip(before, keep)):
-        layer = costs.layers[i]
-        if now and not was and switch_on:
-            layer.score.data.fill_(layer.threshold + margin)
-            switched_on.append(i)
-        elif was and not now:
-            layer.score.data.fill_(layer.threshold - margin)
-            switched_off.append(i)
+    with torch.no_grad():  # an in-place update the gates see (it bumps the score's version)
+        for i, (was, now) in enumerate(zip(before, keep)):
+            layer = costs.layers[i]
+            if now and not was and switch_on:
+                layer.score.fill_(layer.threshold + margin)
+                switched_on.append(i)
+            elif was and not now:
+                layer.score.fill_(layer.threshold - margin)
+                switched_off.append(i)
     return switched_on, switched_off

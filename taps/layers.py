@@ -28,8 +28,7 @@ class ComposeWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight, delta, score, threshold: float, scratch: "ComposeScratch | None" = None):
-        on = bool(score.detach() >= threshold)
+    def forward(ctx, weight, delta, score, on: bool, scratch: "ComposeScratch | None" = None):
         ctx.on = on
         ctx.save_for_backward(delta)
         # An off layer computes with w̄ itself: no copy (autograd returns it as a view).
@@ -113,11 +112,27 @@ class GatedLayer:
 
     @property
     def active(self) -> bool:
+        """I_τ(s) as a bool. Reading it from the score syncs a GPU, once per layer per forward
+        pass; the trainer instead primes every layer from the one batched read of the scores it
+        makes per step (``prime_gates``). A primed state holds while the score tensor, its version
+        (bumped by every in-place update: optimizer steps, ``fill_`` under no_grad, loading) and τ
+        are unchanged; otherwise the score is read again."""
+        key = self._gate_key()
+        cached = self.__dict__.get("_primed_gate")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         return bool(self.score.detach() >= self.threshold)
+
+    def _gate_key(self) -> tuple:
+        return id(self.score), self.score.data_ptr(), self.score._version, self.threshold
+
+    def prime_gate(self, score_value: float) -> None:
+        """Record the gate state for ``score_value``, the score's current value read in a batch."""
+        self.__dict__["_primed_gate"] = (self._gate_key(), bool(score_value >= self.threshold))
 
     def composed_weight(self) -> torch.Tensor:
         """w̄ + I·δ as a new tensor, differentiable in δ and s."""
-        return ComposeWeight.apply(self.weight, self.delta, self.score, self.threshold)
+        return ComposeWeight.apply(self.weight, self.delta, self.score, self.active)
 
     def _recomputing(self) -> bool:
         return self.recompute and torch.is_grad_enabled()
@@ -130,7 +145,7 @@ class GatedLayer:
         scratch = self.__dict__.get("_compose_scratch")
         if scratch is None:
             scratch = self.__dict__["_compose_scratch"] = ComposeScratch()
-        return ComposeWeight.apply(self.weight, self.delta, self.score, self.threshold, scratch)
+        return ComposeWeight.apply(self.weight, self.delta, self.score, self.active, scratch)
 
     def merged_weight(self) -> torch.Tensor:
         """The weight a plain layer would hold: w̄ + I·δ, without autograd."""
@@ -167,6 +182,7 @@ class _GatedBase(GatedLayer):
         del plain._parameters["delta"], plain._parameters["score"]
         del plain.__dict__["threshold"]
         plain.__dict__.pop("recompute", None)
+        plain.__dict__.pop("_primed_gate", None)
         plain.__dict__.pop("_compose_scratch", None)
         plain.weight = nn.Parameter(self.merged_weight(), requires_grad=False)
         return plain
@@ -180,7 +196,7 @@ class GatedConv2d(_GatedBase, nn.Conv2d):
             padding = self.padding
             if self.padding_mode != "zeros":
                 x, padding = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode), (0, 0)
-            return GatedConv2dFunction.apply(x, self.weight, self.delta, self.score, self.bias, self.threshold,
+            return GatedConv2dFunction.apply(x, self.weight, self.delta, self.score, self.bias, self.active,
                                              self.stride, padding, self.dilation, self.groups)
         return self._conv_forward(x, self._forward_weight(), self.bias)
 
@@ -193,7 +209,7 @@ class GatedConv2dSame(_GatedBase, Conv2dSame):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._recomputing():  # conv2d_same's own steps: pad, then an unpadded convolution
             x = pad_same(x, self.weight.shape[-2:], self.stride, self.dilation)
-            return GatedConv2dFunction.apply(x, self.weight, self.delta, self.score, self.bias, self.threshold,
+            return GatedConv2dFunction.apply(x, self.weight, self.delta, self.score, self.bias, self.active,
                                              self.stride, (0, 0), self.dilation, self.groups)
         return conv2d_same(x, self._forward_weight(), self.bias, self.stride, self.padding,
                            self.dilation, self.groups)
@@ -204,10 +220,17 @@ class GatedLinear(_GatedBase, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._recomputing():
-            return GatedLinearFunction.apply(x, self.weight, self.delta, self.score, self.bias, self.threshold)
+            return GatedLinearFunction.apply(x, self.weight, self.delta, self.score, self.bias, self.active)
         return F.linear(x, self._forward_weight(), self.bias)
 
 
 # Exact types only: other subclasses may not route their forward through `weight` (e.g.
 # nn.MultiheadAttention's out_proj, whose weight the attention kernel reads directly).
 GATED_TYPES: dict[type, type] = {cls.plain_type: cls for cls in (GatedConv2d, GatedConv2dSame, GatedLinear)}
+
+
+def prime_gates(layers: list[GatedLayer], scores: list[float]) -> None:
+    """Give each layer its gate state from scores read in one batch (one device sync per step
+    instead of one per layer)."""
+    for layer, value in zip(layers, scores):
+        layer.prime_gate(value)

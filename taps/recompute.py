@@ -48,8 +48,8 @@ class _GatedOp(torch.autograd.Function):
         raise NotImplementedError
 
     @classmethod
-    def forward(cls, ctx, x, weight, delta, score, bias, threshold, *op_args):
-        ctx.on = bool(score.detach() >= threshold)
+    def forward(cls, ctx, x, weight, delta, score, bias, on: bool, *op_args):
+        ctx.on = on
         ctx.op_args = op_args
         ctx.has_bias = bias is not None
         w = compose_in_scratch(weight, delta) if ctx.on else weight

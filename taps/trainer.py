@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .adaptation import gated_layers
+from .layers import prime_gates
 from .backbones import check_backbone, create_backbone, device_description, input_normalization, resolve_device
 from .config import TAPSConfig
 from .data import load_dataset, require_dataset
@@ -480,6 +481,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
             correct += (logits.argmax(1) == labels).sum().item()
             loss_sum += task_loss.item() * labels.numel()
             scores = torch.stack([m.score.detach() for _, m in layers]).tolist()  # one device sync
+            prime_gates([m for _, m in layers], scores)  # the next forward pass reads no score
             if budget is not None:
                 budget_step(budget, scores, step, freeze_step(stages[0], config.gate_freeze))
             _emit(callbacks, "on_step", StepEvent(

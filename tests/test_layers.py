@@ -173,3 +173,29 @@ def test_composition_buffer_follows_the_layer_to_another_dtype():
     out = layer(x.double())
     assert out.dtype == torch.float64 and layer._compose_scratch.buffer.dtype == torch.float64
     assert torch.allclose(out, F.linear(x.double(), layer.weight + layer.delta, layer.bias))
+
+
+def test_primed_gates_are_used_until_the_score_or_threshold_changes(monkeypatch):
+    """The trainer primes gate states from its one batched score read per step, so a forward
+    pass on a GPU does not sync once per layer; any change of the score or τ re-reads it."""
+    from taps.layers import prime_gates
+
+    layer = _gated_linear(0.5)
+    x = torch.randn(3, 6)
+    prime_gates([layer], [0.05])  # a primed state wins while nothing changed (here: a wrong one)
+    assert not layer.active and torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    layer.threshold = 0.2  # τ changed: read again
+    assert layer.active
+    prime_gates([layer], [0.5])
+    with torch.no_grad():
+        layer.score.fill_(0.05)  # an in-place update (optimizer step, projection): read again
+    assert not layer.active
+    prime_gates([layer], [0.05])
+    layer.score = nn.Parameter(torch.tensor(0.5))  # another score tensor (task switch): read again
+    assert layer.active
+    # Primed and unchanged: the forward pass reads no score at all.
+    prime_gates([layer], [0.5])
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: (_ for _ in ()).throw(AssertionError("score read")))
+    out = layer(x)
+    monkeypatch.undo()
+    assert torch.allclose(out, F.linear(x, layer.weight + layer.delta, layer.bias))
