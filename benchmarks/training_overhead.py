@@ -4,13 +4,16 @@
     python benchmarks/training_overhead.py --backbones resnet50 --repeat 20
     python benchmarks/training_overhead.py --quick         # a smoke run in seconds
 
-Three steps on the same backbone, batch and resolution, with the same SGD (momentum 0.9):
+Four steps on the same backbone, batch and resolution, with the same SGD (momentum 0.9):
   fine-tune         the plain model, every weight trained — the reference
   TAPS, all on      gated layers, scores and the sparsity penalty, every gate on (step 0: the
                     most expensive state, every layer composes w̄ + δ)
   TAPS, half off    every other gate off, as after some training: off layers skip the composition
                     and their δ gets no gradient
-Times are medians of interleaved repetitions in one process. Peak memory is measured in a fresh
+  TAPS, recompute   all on, with TAPSConfig(recompute_weights=True): w̄ + δ composed again in the
+                    backward pass instead of kept — one weight copy less, one more add per layer
+Times are medians of interleaved repetitions, in --processes fresh processes per setting; the
+ratio shown is the median of the per-process ratios, with their range. Peak memory is measured in a fresh
 process per step kind: on CPU the peak resident set (VmHWM, reset after the first step) above the
 process before the model was built; on CUDA ``max_memory_allocated``. On a GPU the steps run with
 bfloat16 autocast and channels_last, as the trainer does. Writes benchmarks/results/training_overhead.json.
@@ -18,6 +21,8 @@ bfloat16 autocast and channels_last, as the trainer does. Writes benchmarks/resu
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -26,13 +31,15 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import interleaved, median_ms, parser, print_table, write_result
 
-# Per backbone: (resolution, batch) on CPU. The convolutional nets at the workbench's CPU default
-# (64 px, batch 32); the ViT at its native 224 px, where its patch grid means something.
-CPU_SETTINGS = {"efficientnet_lite0": (64, 32), "resnet50": (64, 32), "densenet121": (64, 32),
-                "vit_small_patch16_224": (224, 8)}
-GPU_SETTINGS = {name: (224, 64) for name in CPU_SETTINGS}
-KINDS = ("finetune", "taps", "taps_half_off")
-LABELS = {"finetune": "fine-tune", "taps": "TAPS, all on", "taps_half_off": "TAPS, half off"}
+# (backbone, resolution, batch) on CPU: the convolutional nets at the workbench's CPU default
+# (64 px, batch 32), the ViT at its native 224 px; then two nets at 224 px, where activations
+# outweigh the weights as in the paper's setting — TAPS's extra weight copies matter less there.
+CPU_SETTINGS = [("efficientnet_lite0", 64, 32), ("resnet50", 64, 32), ("densenet121", 64, 32),
+                ("vit_small_patch16_224", 224, 8), ("efficientnet_lite0", 224, 8), ("resnet50", 224, 8)]
+GPU_SETTINGS = [(name, 224, 64) for name in ("efficientnet_lite0", "resnet50", "densenet121", "vit_small_patch16_224")]
+KINDS = ("finetune", "taps", "taps_half_off", "taps_recompute")
+LABELS = {"finetune": "fine-tune", "taps": "TAPS, all on", "taps_half_off": "TAPS, half off",
+          "taps_recompute": "TAPS, all on, recompute"}
 
 
 def build_step(kind: str, backbone: str, resolution: int, batch: int, device):
@@ -51,7 +58,7 @@ def build_step(kind: str, backbone: str, resolution: int, batch: int, device):
     if kind == "finetune":
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     else:
-        taps.adapt(model)
+        taps.adapt(model, taps.TAPSConfig(recompute_weights=kind == "taps_recompute"))
         if kind == "taps_half_off":
             scramble(model, off_every=2)
         optimizer = build_optimizer(model, TrainConfig(lr=1e-3))
@@ -65,11 +72,11 @@ def build_step(kind: str, backbone: str, resolution: int, batch: int, device):
         x = x.contiguous(memory_format=torch.channels_last)
 
     def step():
+        optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = F.cross_entropy(model(x).float(), y)
         if weights is not None:
             loss = loss + taps.sparsity_penalty(model, 0.3, weights=weights)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
@@ -105,59 +112,82 @@ def peak_memory_child(kind: str, backbone: str, resolution: int, batch: int, dev
     return _rss_bytes("VmHWM") - before
 
 
-def measure_peak(kind: str, backbone: str, resolution: int, batch: int, device) -> int:
-    out = subprocess.run([sys.executable, __file__, "--memory-child", kind, backbone, str(resolution), str(batch),
-                          str(device)], capture_output=True, text=True, check=False)
+def step_times_child(backbone: str, resolution: int, batch: int, repeat: int, device_name: str) -> dict:
+    """Seconds per step of each kind, interleaved, all three models in this (fresh) process."""
+    import torch
+
+    device = torch.device(device_name)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    steps = {kind: build_step(kind, backbone, resolution, batch, device) for kind in KINDS}
+    return interleaved(steps, repeat, sync=sync)
+
+
+def in_fresh_process(what: str, *args) -> str:
+    """Run this script's ``--<what>`` child and return its last line of output. Each backbone is
+    timed in its own process, as a training worker runs: the CPU allocator's state left by an
+    earlier backbone (glibc moves its mmap threshold as large blocks are freed) otherwise shifts
+    the ratios by several percent."""
+    out = subprocess.run([sys.executable, __file__, f"--{what}", *map(str, args)], capture_output=True,
+                         text=True, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"memory measurement of {kind} on {backbone} failed:\n{out.stderr[-2000:]}")
-    return int(out.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{what} {' '.join(map(str, args))} failed:\n{out.stderr[-2000:]}")
+    return out.stdout.strip().splitlines()[-1]
 
 
 def main(argv=None) -> int:
     p = parser(__doc__, "EfficientNet-Lite0 at 32 px, batch 4, 2 repetitions")
-    p.add_argument("--backbones", nargs="+", default=list(CPU_SETTINGS))
+    p.add_argument("--backbones", nargs="+", default=None, help="only these backbones (default: all settings)")
     p.add_argument("--repeat", type=int, default=None, help="timed steps per kind (default 10 on CPU, 30 on GPU)")
     p.add_argument("--resolution", type=int, default=None, help="override every backbone's resolution")
     p.add_argument("--batch", type=int, default=None, help="override every backbone's batch")
+    p.add_argument("--processes", type=int, default=3,
+                   help="fresh timing processes per setting; ratios are the median over them (default 3)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--time-child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
         kind, backbone, resolution, batch, device = args.memory_child
         print(peak_memory_child(kind, backbone, int(resolution), int(batch), device))
         return 0
-
-    import torch
+    if args.time_child:
+        backbone, resolution, batch, repeat, device = args.time_child
+        print(json.dumps(step_times_child(backbone, int(resolution), int(batch), int(repeat), device)))
+        return 0
 
     from taps.backbones import device_description, resolve_device
 
     device = resolve_device("auto")
     settings = GPU_SETTINGS if device.type == "cuda" else CPU_SETTINGS
     if args.quick:
-        args.backbones, args.repeat, args.resolution, args.batch = ["efficientnet_lite0"], 2, 32, 4
+        settings, args.repeat, args.processes = [("efficientnet_lite0", 32, 4)], 2, 1
+    settings = [(b, args.resolution or r, args.batch or n) for b, r, n in settings
+                if args.backbones is None or b in args.backbones]
+    settings = list(dict.fromkeys(settings))  # overrides can make two settings the same
     repeat = args.repeat or (30 if device.type == "cuda" else 10)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print(f"device: {device_description(device)}; {repeat} interleaved repetitions per step kind")
     rows = []
-    for backbone in args.backbones:
-        resolution, batch = settings.get(backbone, (64, 32))
-        resolution, batch = args.resolution or resolution, args.batch or batch
-        steps = {kind: build_step(kind, backbone, resolution, batch, device) for kind in KINDS}
-        times = interleaved(steps, repeat, sync=sync)
-        del steps
-        reference = median_ms(times["finetune"])
-        peaks = {} if args.no_memory else {kind: measure_peak(kind, backbone, resolution, batch, device)
-                                           for kind in KINDS}
+    for backbone, resolution, batch in settings:
+        # Per process: the median step of each kind, and its ratio to fine-tuning in that process.
+        medians = [{kind: median_ms(t) for kind, t in json.loads(
+            in_fresh_process("time-child", backbone, resolution, batch, repeat, device)).items()}
+            for _ in range(args.processes)]
+        peaks = {} if args.no_memory else {
+            kind: int(in_fresh_process("memory-child", kind, backbone, resolution, batch, device)) for kind in KINDS}
         for kind in KINDS:
-            ms = median_ms(times[kind])
+            ratios = [m[kind] / m["finetune"] for m in medians]
             rows.append({"backbone": backbone, "resolution": resolution, "batch": batch, "kind": kind,
-                         "step": LABELS[kind], "median_ms": ms, "time_ratio": ms / reference,
+                         "step": LABELS[kind], "median_ms": statistics.median(m[kind] for m in medians),
+                         "time_ratio": statistics.median(ratios), "time_ratio_range": [min(ratios), max(ratios)],
                          "peak_mb": peaks[kind] / 2**20 if peaks else None,
                          "memory_ratio": peaks[kind] / peaks["finetune"] if peaks else None})
         print(f"\n{backbone}, {resolution} px, batch {batch}")
+        for r in rows[-len(KINDS):]:
+            r["ratio_range"] = "{:.3f}–{:.3f}".format(*r["time_ratio_range"])
         print_table([("step", "step", "<"), ("median_ms", "median ms", ">.1f"), ("time_ratio", "× fine-tune", ">.3f"),
+                     ("ratio_range", f"over {args.processes} processes", ">"),
                      ("peak_mb", "peak MiB", ">.0f"), ("memory_ratio", "× fine-tune", ">.3f")],
-                    [r for r in rows if r["backbone"] == backbone])
+                    [r for r in rows if (r["backbone"], r["resolution"], r["batch"]) == (backbone, resolution, batch)])
     write_result("training_overhead", args, {"device": device_description(device), "rows": rows})
     return 0
 

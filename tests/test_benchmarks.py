@@ -91,4 +91,8 @@ def test_budget_and_path_compares_with_an_independent_sweep(tmp_path):
     assert [p["lam"] for p in result["path"]] == [r["lam"] for r in result["sweep"]] == [0.3, 1.0]
     compute = result["compute"]  # stage 0 is one single run; the later stage adds one epoch
     assert compute["path_steps"] == 2 * compute["single_run_steps"] == compute["sweep_steps"]
+    (seed,) = result["per_seed"]  # the tables are the per-seed rows averaged (one seed here)
+    assert budget["test_acc"] == seed["budget"][0]["test_acc"] and budget["seeds"] == 1
+    gap = seed["budget"][0]["gap_at_size"]
+    assert gap is None or gap == pytest.approx(budget["test_acc"] - budget["sweep_acc_at_size"])
     assert (tmp_path / "budget_and_path.png").read_bytes()[:4] == b"\x89PNG"
