@@ -189,7 +189,7 @@ def train_joint(config: TrainConfig, callbacks=(), *, should_stop: Callable[[], 
                 loss_sum += task_loss.item() * labels.numel()
             optimizer.step()
             scheduler.step()
-            all_scores = [s.item() for t in tasks for s in states[t].scores]
+            all_scores = torch.stack([s.detach() for t in tasks for s in states[t].scores]).tolist()  # one sync
             _emit(callbacks, "on_step", StepEvent(
                 step=step, total_steps=total_steps, epoch=epoch, loss=sum(task_losses) + sum(penalties),
                 task_loss=sum(task_losses), penalty=sum(penalties), lam_now=lam_now,
