@@ -96,3 +96,13 @@ def test_budget_and_path_compares_with_an_independent_sweep(tmp_path):
     gap = seed["budget"][0]["gap_at_size"]
     assert gap is None or gap == pytest.approx(budget["test_acc"] - budget["sweep_acc_at_size"])
     assert (tmp_path / "budget_and_path.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_step_breakdown_adds_up_the_pieces_of_taps_extra_work(tmp_path):
+    result = run_quick("step_breakdown", tmp_path)
+    rows = by(result["rows"], "piece")
+    assert set(rows) == {"fine-tune step", "compose", "score grads", "autograd", "penalty", "TAPS adds"}
+    pieces = sum(rows[p]["ms"] for p in ("compose", "score grads", "autograd", "penalty"))
+    assert all(rows[p]["ms"] > 0 for p in rows)
+    assert rows["TAPS adds"]["ms"] == pytest.approx(pieces)
+    assert rows["TAPS adds"]["expected_ratio"] == pytest.approx(1 + pieces / rows["fine-tune step"]["ms"])
