@@ -269,7 +269,9 @@ def test_task_packs_page_lists_sizes_and_classifies_an_upload(sweep_store, monke
         assert row["pack bytes"] < row["full model bytes"] * 1.1
     taps_packs = table[table["method"] == "taps"].sort_values("λ")["pack bytes"].tolist()
     finetune = table[table["method"] == "finetune"]["pack bytes"].iloc[0]
-    assert taps_packs[0] == finetune  # λ=0.1 kept every layer: as large as full fine-tuning
+    # λ=0.1 kept every layer: as large as full fine-tuning, up to the packs' JSON metadata (the
+    # configs differ by a few bytes); the smallest layer's delta is over 1 KB, so none is missing.
+    assert abs(taps_packs[0] - finetune) < 512
     assert taps_packs[-1] < finetune / 10  # λ=10 kept none: norms and head only
 
     run_id = table["run_id"].iloc[0]  # the first pack is the one selected
