@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the run store reads total_epochs in the dashboard process, which never loads torch
+    import torch
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, gate_fre
     """Cosine for every group, restarting with each stage; the scores' group gets lr 0 after
     ``gate_freeze`` of each stage, so the end of a stage adapts deltas, norms and head to the
     final layer choice instead of being jolted by late switch-offs."""
+    from torch.optim.lr_scheduler import LambdaLR
+
     stages = stages or [Stage(0, 0.0, 0.0, 0, 0, 0, total_steps)]
 
     def cosine(done: int) -> float:  # LambdaLR passes the steps done; the lr is for the next one
@@ -88,5 +92,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, gate_fre
     def gated_cosine(done: int) -> float:
         return cosine(done) if done < freeze_step(stage_at(stages, done + 1), gate_freeze) else 0.0
 
-    return torch.optim.lr_scheduler.LambdaLR(
+    return LambdaLR(
         optimizer, [cosine if g["name"] == "weights" else gated_cosine for g in optimizer.param_groups])
