@@ -33,15 +33,17 @@ def pieces(backbone: str) -> dict:
 
     import taps
     from taps.backbones import create_backbone
+    from taps import tensor_layout
     from taps.layers import ComposeWeight
 
-    model = taps.adapt(create_backbone(backbone, 10, "none"))
+    # Channels-last, as the trainer keeps convolutions on CPU: the pieces walk weights in that layout.
+    model = taps.adapt(create_backbone(backbone, 10, "none")).to(memory_format=torch.channels_last)
     layers = [m for _, m in taps.gated_layers(model)]
     for layer in layers:
         with torch.no_grad():
             layer.delta.normal_(0, 1e-3)
     buffers = [torch.empty_like(layer.weight) for layer in layers]  # as ComposeScratch keeps them
-    grads = [torch.randn_like(layer.weight) for layer in layers]  # stand-ins for ∂L/∂w
+    grads = [torch.randn_like(layer.weight) for layer in layers]  # stand-ins for ∂L/∂w, laid out as w
     weights = taps.penalty_weights(model)
     tiny = [(torch.zeros(1), torch.zeros(1, requires_grad=True), torch.tensor(0.5, requires_grad=True))
             for _ in layers]
@@ -52,7 +54,7 @@ def pieces(backbone: str) -> dict:
 
     def score_grads():
         for layer, g in zip(layers, grads):
-            torch.dot(g.reshape(-1), layer.delta.detach().reshape(-1))
+            tensor_layout.dot(g, layer.delta.detach())  # as inside ComposeWeight.backward
 
     def autograd_overhead():
         outs = [ComposeWeight.apply(w, d, s, layer.active) for (w, d, s), layer in zip(tiny, layers)]

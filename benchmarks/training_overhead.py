@@ -16,7 +16,8 @@ Times are medians of interleaved repetitions, in --processes fresh processes per
 ratio shown is the median of the per-process ratios, with their range. Peak memory is measured in a fresh
 process per step kind: on CPU the peak resident set (VmHWM, reset after the first step) above the
 process before the model was built; on CUDA ``max_memory_allocated``. On a GPU the steps run with
-bfloat16 autocast and channels_last, as the trainer does. Writes benchmarks/results/training_overhead.json.
+bfloat16 autocast; convolutions are channels-last on CPU and GPU, as the trainer does. Writes
+benchmarks/results/training_overhead.json.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def build_step(kind: str, backbone: str, resolution: int, batch: int, device):
 
     import taps
     from taps.backbones import create_backbone
-    from taps.trainer import TrainConfig, build_optimizer, mixed_precision_dtype
+    from taps.trainer import TrainConfig, build_optimizer, mixed_precision_dtype, uses_channels_last
     from tests.helpers import scramble
 
     torch.manual_seed(0)
@@ -68,7 +69,7 @@ def build_step(kind: str, backbone: str, resolution: int, batch: int, device):
     model = model.to(device).train()
     x = torch.rand(batch, 3, resolution, resolution, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    if amp_dtype is not None:
+    if uses_channels_last(device, amp_dtype):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
 

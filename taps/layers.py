@@ -16,6 +16,7 @@ from timm.layers.conv2d_same import conv2d_same
 from timm.layers.padding import pad_same
 from torch import nn
 
+from . import tensor_layout
 from .recompute import GatedConv2dFunction, GatedLinearFunction
 
 
@@ -48,7 +49,7 @@ class ComposeWeight(torch.autograd.Function):
             grad_delta = grad_w
         if ctx.needs_input_grad[2]:
             # ⟨∂L/∂w, δ⟩ in one pass without a weight-sized temporary.
-            grad_score = torch.dot(grad_w.reshape(-1), delta.reshape(-1)).to(delta.dtype)
+            grad_score = tensor_layout.dot(grad_w, delta).to(delta.dtype)
         # The base weight itself trains only in joint multi-task training (Eq. 4): ∂L/∂w̄ = ∂L/∂w.
         grad_weight = grad_w if ctx.needs_input_grad[0] else None
         return grad_weight, grad_delta, grad_score, None, None
@@ -75,7 +76,8 @@ class ComposeScratch:
         buf = self.buffer
         if self.owner() is not None:  # the previous graph still needs its composition
             return weight + delta
-        if buf is None or buf.shape != weight.shape or buf.dtype != weight.dtype or buf.device != weight.device:
+        if (buf is None or buf.shape != weight.shape or buf.stride() != weight.stride()
+                or buf.dtype != weight.dtype or buf.device != weight.device):
             buf = self.buffer = torch.empty_like(weight)
         torch.add(weight, delta, out=buf)
         self.owner = weakref.ref(ctx)

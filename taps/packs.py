@@ -69,7 +69,7 @@ def _fingerprint(layers: list[tuple[str, nn.Module]]) -> str:
     digest = hashlib.sha256()
     for name, layer in layers:
         digest.update(name.encode())
-        digest.update(layer.weight.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(layer.weight.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

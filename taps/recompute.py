@@ -15,6 +15,8 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from . import tensor_layout
+
 _scratch = threading.local()  # per thread: CUDA's backward runs on its own thread
 
 
@@ -26,8 +28,7 @@ def compose_in_scratch(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tenso
     buf = buffers.get(key)
     if buf is None or buf.numel() < weight.numel():
         buf = buffers[key] = torch.empty(weight.numel(), dtype=weight.dtype, device=weight.device)
-    out = buf[:weight.numel()].view(weight.shape)
-    return torch.add(weight, delta, out=out)
+    return torch.add(weight, delta, out=tensor_layout.view_like(buf, weight))
 
 
 def _weight_grads(ctx, grad_w, delta):
@@ -35,7 +36,7 @@ def _weight_grads(ctx, grad_w, delta):
     grad_w = grad_w.to(delta.dtype)
     grad_weight = grad_w if ctx.needs_input_grad[1] else None
     grad_delta = grad_w if ctx.needs_input_grad[2] and ctx.on else None
-    grad_score = (torch.dot(grad_w.reshape(-1), delta.reshape(-1)).to(delta.dtype)
+    grad_score = (tensor_layout.dot(grad_w, delta).to(delta.dtype)
                   if ctx.needs_input_grad[3] else None)
     return grad_weight, grad_delta, grad_score
 

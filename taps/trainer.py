@@ -330,6 +330,12 @@ def mixed_precision_dtype(device: torch.device, enabled: bool) -> torch.dtype | 
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def uses_channels_last(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
+    """Convolutions in NHWC: oneDNN's fast path on CPU (an EfficientNet-Lite0 step 1.9× faster,
+    ResNet-50 1.15×, measured on 2 cores) and the tensor cores' under mixed precision."""
+    return device.type == "cpu" or amp_dtype is not None
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype=None,
              normalize: nn.Module = nn.Identity()) -> float:
@@ -382,7 +388,8 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
     mean, std = input_normalization(model)
     normalize = Normalize(mean, std).to(device)
     amp_dtype = mixed_precision_dtype(device, config.amp)
-    if amp_dtype is not None:
+    channels_last = uses_channels_last(device, amp_dtype)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     optimizer = build_optimizer(model, config)
@@ -459,7 +466,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
             # Before the forward pass, so last step's gradients are freed while activations grow.
             optimizer.zero_grad(set_to_none=True)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if amp_dtype is not None:
+            if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(normalize(images))
