@@ -67,7 +67,7 @@ launcher = ui.launcher()
 defaults = train_defaults()
 st.title("Launch a run")
 st.caption("TAPS fine-tunes a pretrained backbone for a new task while learning *which* layers need a "
-           "task-specific change; λ is the price of each such layer. Defaults train in about a minute "
+           "task-specific change; λ is the price of each such layer. Defaults train in about 35 s "
            "on a laptop CPU, entirely offline.")
 
 errors: list[str] = []

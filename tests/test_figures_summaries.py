@@ -61,12 +61,12 @@ def test_run_progress_eta_from_finished_epochs_then_from_recent_steps():
 
 def test_estimate_comes_from_the_newest_comparable_run_scaled_by_pixels():
     config = dict(backbone="efficientnet_lite0", resolution=64, train_subset=2000, epochs=3)
-    assert estimate_seconds(config) == pytest.approx(0.01 * 6000)  # the measured CPU prior
+    assert estimate_seconds(config) == pytest.approx(0.006 * 6000)  # the measured CPU prior
     past = dict(status="done", backbone="efficientnet_lite0", device="CPU (2 cores)", started_at=0.0,
                 finished_at=40.0, train_size=1000, config=dict(resolution=32, epochs=2))
     # 40 s for 2,000 images at 32 px → 0.02 s/image; at 64 px ×4 → 0.08 s × 6,000 images
     assert estimate_seconds(config, [past]) == pytest.approx(480.0)
-    assert estimate_seconds(config, [dict(past, backbone="resnet50")]) == pytest.approx(60.0)
+    assert estimate_seconds(config, [dict(past, backbone="resnet50")]) == pytest.approx(0.006 * 6000)
     assert estimate_seconds(config, [past], on_gpu=True) is None
 
 
