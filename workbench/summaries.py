@@ -19,9 +19,9 @@ __all__ = [
 
 BYTES_PER_PARAM = 4  # float32 checkpoints
 # CPU seconds per training image at 64 px for EfficientNet-Lite0, training and evaluation included
-# (measured on the 2-core reference machine: 3 epochs × 2,000 images ≈ 60 s). Used to estimate a
-# run's time until the store has a finished run of the same kind to measure from.
-PRIOR_SECONDS_PER_IMAGE = 0.006  # the offline default on 2 cores, channels-last: 35 s for 3 × 2,000 images
+# (measured on the 2-core reference machine, channels-last: 3 epochs × 2,000 images ≈ 35 s). Used to
+# estimate a run's time until the store has a finished run of the same kind to measure from.
+PRIOR_SECONDS_PER_IMAGE = 0.006
 PRIOR_RESOLUTION = 64
 PRIOR_PARAMS_M = 4.65
 
