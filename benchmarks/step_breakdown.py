@@ -32,8 +32,8 @@ def pieces(backbone: str) -> dict:
     import torch
 
     import taps
-    from taps.backbones import create_backbone
     from taps import tensor_layout
+    from taps.backbones import create_backbone
     from taps.layers import ComposeWeight
 
     # Channels-last, as the trainer keeps convolutions on CPU: the pieces walk weights in that layout.
