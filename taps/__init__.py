@@ -14,11 +14,11 @@ import importlib
 _EXPORTS = {
     "adaptation": ["adapt", "find_head", "gated_layers", "norm_layers", "set_threshold"],
     "config": ["TAPSConfig"],
-    "layers": ["GatedConv2d", "GatedLayer", "GatedLinear", "hard_gate"],
+    "layers": ["GatedConv2d", "GatedLayer", "GatedLinear", "hard_gate", "set_gates_learning"],
     "merging": ["merge"],
     "multitask": ["MultiTaskModel", "MultiTaskReport"],
     "packs": ["PackError", "TaskPack", "load_pack", "read_pack", "save_pack"],
-    "penalty": ["penalty_weights", "sparsity_penalty"],
+    "penalty": ["SparsityPenalty", "penalty_weights", "sparsity_penalty"],
     "stats": ["LayerInfo", "TaskStats", "decathlon_score", "layer_report", "pack_stats", "parameter_multiplier",
               "summarize"],
 }

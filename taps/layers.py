@@ -137,13 +137,22 @@ class GatedLayer:
         return ComposeWeight.apply(self.weight, self.delta, self.score, self.active)
 
     def _recomputing(self) -> bool:
-        return self.recompute and torch.is_grad_enabled()
+        return self.recompute and torch.is_grad_enabled() and not self._base_as_is()
+
+    def _base_as_is(self) -> bool:
+        """Off, with a score that takes no gradient (gates frozen) and a frozen w̄: nothing in
+        the backward pass needs this layer's weight gradient (∂L/∂δ is 0 while off, ∂L/∂s is
+        not wanted), so the layer computes with w̄ itself, untracked, and its op skips the
+        weight-gradient work a fine-tuned layer would do."""
+        return not (self.score.requires_grad or self.weight.requires_grad) and not self.active
 
     def _forward_weight(self) -> torch.Tensor:
         """composed_weight() for this layer's own forward pass: while gradients are recorded it
         composes into a kept buffer (see ComposeScratch); without them, a transient tensor."""
         if not torch.is_grad_enabled():
             return self.composed_weight()
+        if self._base_as_is():
+            return self.weight
         scratch = self.__dict__.get("_compose_scratch")
         if scratch is None:
             scratch = self.__dict__["_compose_scratch"] = ComposeScratch()
@@ -236,3 +245,12 @@ def prime_gates(layers: list[GatedLayer], scores: list[float]) -> None:
     instead of one per layer)."""
     for layer, value in zip(layers, scores):
         layer.prime_gate(value)
+
+
+def set_gates_learning(scores: list[nn.Parameter], learning: bool) -> None:
+    """Let the scores take gradients (the gates learn) or not (the gates are frozen). Frozen
+    gates save work the gradient no longer asks for: on layers skip ⟨∂L/∂w, δ⟩, and off layers
+    run as plain frozen layers, with no weight gradient at all (see ``_base_as_is``)."""
+    for score in scores:
+        if score.requires_grad != learning:
+            score.requires_grad_(learning)

@@ -22,10 +22,21 @@ def penalty_weights(model: nn.Module, mode: PenaltyMode | None = None) -> torch.
     raise ValueError(f"unknown penalty mode {mode!r}; use 'layers' or 'params'")
 
 
+class SparsityPenalty:
+    """λ·Σ w_i|s_i| for one model, its scores and weights found once: a training loop calls it
+    every step, and walking a DenseNet's modules for its scores costs more than the penalty."""
+
+    def __init__(self, model: nn.Module, mode: PenaltyMode | None = None, weights: torch.Tensor | None = None):
+        weights = penalty_weights(model, mode) if weights is None else weights
+        self.scores = [m.score for _, m in gated_layers(model)]
+        self.weights = weights.to(self.scores[0].device, self.scores[0].dtype)
+
+    def __call__(self, lam: float) -> torch.Tensor:
+        scores = torch.stack(self.scores)
+        return lam * torch.sum(self.weights.to(scores.device, scores.dtype) * scores.abs())
+
+
 def sparsity_penalty(model: nn.Module, lam: float, mode: PenaltyMode | None = None,
                      weights: torch.Tensor | None = None) -> torch.Tensor:
     """λ·Σ w_i|s_i|; pass ``weights`` (from ``penalty_weights``) to skip recomputing them each step."""
-    scores = torch.stack([m.score for _, m in gated_layers(model)])
-    if weights is None:
-        weights = penalty_weights(model, mode)
-    return lam * torch.sum(weights.to(scores.device, scores.dtype) * scores.abs())
+    return SparsityPenalty(model, mode, weights)(lam)

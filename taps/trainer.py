@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .adaptation import gated_layers
-from .layers import prime_gates
+from .layers import prime_gates, set_gates_learning
 from .backbones import check_backbone, create_backbone, device_description, input_normalization, resolve_device
 from .config import TAPSConfig
 from .data import load_dataset, require_dataset
@@ -35,7 +35,7 @@ from .fileio import atomic_write
 from .methods import METHODS, prepare_model, set_train_mode
 from .packs import save_pack
 from .budget import BUDGET_KINDS, BudgetController, LayerCosts, project_to_budget
-from .penalty import penalty_weights, sparsity_penalty
+from .penalty import SparsityPenalty, penalty_weights
 from .schedule import build_scheduler, freeze_step, lam_at, plan_stages, stage_at
 from .stats import layer_report, summarize
 
@@ -411,9 +411,9 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         budget = BudgetController(costs, config.budget_pct, config.budget_gain,
                                   anneal_steps=round(2 / 3 * freeze_step(stages[0], config.gate_freeze)),
                                   start_pct=costs.cost_pct([config.score_init >= m.threshold for m in costs.layers]))
-        weights = penalty_weights(model, config.budget_kind).to(device)
+        penalty_term = SparsityPenalty(model, weights=penalty_weights(model, config.budget_kind).to(device))
     else:
-        weights = penalty_weights(model, config.penalty_mode).to(device) if config.method == "taps" else None
+        penalty_term = SparsityPenalty(model, config.penalty_mode) if config.method == "taps" else None
 
     start_epoch, history = 0, []
     ckpt_path = out / CHECKPOINT if out else None
@@ -451,6 +451,8 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         train_size=len(data.train), val_size=len(data.val), test_size=len(data.test),
         total_steps=total_steps, start_epoch=start_epoch, total_epochs=total_epochs))
 
+    # The scores' group has lr 0 after each stage's gate freeze: no gradient is wanted for them then.
+    score_group = next((g for g in optimizer.param_groups if g["name"] == "scores"), None)
     status = "done"
     for epoch in range(start_epoch, total_epochs):
         # Seeding per epoch makes shuffling and augmentation of epoch e independent of whether
@@ -465,6 +467,8 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
             step = epoch * steps_per_epoch + i + 1
             # Before the forward pass, so last step's gradients are freed while activations grow.
             optimizer.zero_grad(set_to_none=True)
+            if score_group is not None:
+                set_gates_learning(score_group["params"], score_group["lr"] > 0)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -472,8 +476,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
                 logits = model(normalize(images))
                 task_loss = F.cross_entropy(logits.float(), labels)
             lam_now = budget.lam if budget else lam_at(stages, step, config.penalty_warmup)
-            penalty = (sparsity_penalty(model, lam_now, weights=weights) if weights is not None
-                       else torch.zeros((), device=device))
+            penalty = penalty_term(lam_now) if penalty_term is not None else torch.zeros((), device=device)
             loss = task_loss + penalty
             if not torch.isfinite(loss):
                 kept = f"; the last good checkpoint is {ckpt_path}" if ckpt_path and ckpt_path.exists() else ""

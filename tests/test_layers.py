@@ -1,4 +1,5 @@
 """The gated layer: forward w̄ + I·δ, straight-through backward."""
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -199,3 +200,42 @@ def test_primed_gates_are_used_until_the_score_or_threshold_changes(monkeypatch)
     out = layer(x)
     monkeypatch.undo()
     assert torch.allclose(out, F.linear(x, layer.weight + layer.delta, layer.bias))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_frozen_gates_give_the_same_gradients_and_skip_what_is_not_wanted(recompute):
+    """With the scores frozen (after the gate freeze), an on layer's δ gets the very gradient it
+    got while the gates learned, and an off layer runs on w̄ untracked: its convolution has no
+    weight input to differentiate, so the weight-gradient work is skipped."""
+    from taps.layers import set_gates_learning
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 9, 9, requires_grad=True)
+    layers = [GatedConv2d.from_layer(nn.Conv2d(3, 3, 3, padding=1), 0.1, score) for score in (0.5, 0.05)]
+    for layer in layers:
+        layer.recompute = recompute
+        with torch.no_grad():
+            layer.delta.copy_(torch.randn_like(layer.delta) * 0.1)
+
+    def grads():
+        x.grad = None
+        for layer in layers:
+            layer.delta.grad = layer.score.grad = None
+        layers[1](layers[0](x)).square().sum().backward()
+        return x.grad.clone(), [(l.delta.grad, l.score.grad) for l in layers]
+
+    x_learning, learning = grads()
+    set_gates_learning([l.score for l in layers], False)
+    x_frozen, frozen = grads()
+    assert torch.equal(x_frozen, x_learning)
+    assert torch.equal(frozen[0][0], learning[0][0])  # the on layer's ∂L/∂δ, unchanged
+    assert learning[0][1] is not None and learning[1][1] is not None
+    assert frozen[0][1] is None and frozen[1][1] is None  # no ⟨∂L/∂w, δ⟩ computed
+    assert learning[1][0] is None and frozen[1][0] is None  # an off δ never gets a gradient
+    # The off layer's convolution sees w̄ itself, a tensor outside the graph.
+    out = layers[1](x)
+    assert out.grad_fn.name() == "ConvolutionBackward0"
+    assert out.grad_fn.next_functions[1][0] is None  # weight: nothing to backpropagate into
+    assert torch.equal(out, F.conv2d(x, layers[1].weight, layers[1].bias, padding=1))
+    set_gates_learning([l.score for l in layers], True)
+    assert grads()[1][1][1] is not None  # learning again: the off layer's score has its gradient back

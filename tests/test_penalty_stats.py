@@ -33,6 +33,18 @@ def test_params_penalty_weights_each_score_by_its_parameter_share():
     assert weights[big] == weights.max() and weights.max() > 1.0 / len(sizes)
 
 
+def test_penalty_built_once_follows_the_scores_as_they_train():
+    model = taps.adapt(tiny_resnet())
+    penalty = taps.SparsityPenalty(model)  # what the trainer builds once per run
+    with torch.no_grad():
+        for i, (_, layer) in enumerate(taps.gated_layers(model)):
+            layer.score.fill_(0.01 * i - 0.05)
+    assert torch.equal(penalty(0.4), taps.sparsity_penalty(model, lam=0.4))
+    penalty(0.4).backward()
+    assert torch.allclose(torch.stack([m.score.grad for _, m in taps.gated_layers(model)]),
+                          0.4 / 20 * torch.sign(torch.tensor([0.01 * i - 0.05 for i in range(20)])))
+
+
 def test_summary_counts_active_deltas_norms_and_head():
     model = taps.adapt(tiny_resnet(num_classes=5))
     scramble(model, off_every=2)

@@ -16,7 +16,7 @@ import taps
 from taps.errors import ConfigError, DatasetUnavailableError, TrainingError, UnknownBackboneError, UnknownDatasetError
 from taps.inference import evaluate_pack
 from taps.trainer import TrainConfig, train
-from tests.helpers import Recorder
+from tests.helpers import FAST_RUN, Recorder
 
 TINY = dict(resolution=32, train_subset=160, eval_subset=100, batch_size=16, epochs=2, lr=0.02)
 
@@ -239,3 +239,25 @@ def test_cli_list_flags_take_several_values():
     args = parser.parse_args(["--tasks", "fashion-mnist", "digits", "--exclude", "conv_stem", "blocks.0.*"])
     assert args.tasks == ["fashion-mnist", "digits"] and args.exclude == ["conv_stem", "blocks.0.*"]
     assert parser.parse_args([]).tasks == []
+
+
+def test_frozen_gates_skip_unwanted_gradients_without_changing_the_run(monkeypatch):
+    """After the gate freeze the scores take no gradient (off layers then skip their weight
+    gradient): the run is the very run it was when those gradients were computed and unused."""
+    import taps.trainer as trainer
+
+    config = TrainConfig(**FAST_RUN, lam=3.0, score_lr=0.05, penalty_mode="params", gate_freeze=0.5,
+                         penalty_warmup=0.1)
+    learning, real = [], trainer.set_gates_learning
+    monkeypatch.setattr(trainer, "set_gates_learning", lambda scores, on: (learning.append(on), real(scores, on)))
+    fast_events = Recorder()
+    fast = train(config, [fast_events])
+    assert learning == [True] * 4 + [False] * 4  # 8 steps, gates frozen after ceil(0.5·8)
+    assert 0 < fast_events.steps[3].active_layers < len(fast_events.start.layer_names)  # some off, some on
+
+    monkeypatch.setattr(trainer, "set_gates_learning", lambda scores, on: None)  # every gradient, always
+    slow_events = Recorder()
+    slow = train(config, [slow_events])
+    assert [e.loss for e in fast_events.steps] == [e.loss for e in slow_events.steps]
+    assert [e.scores for e in fast_events.steps] == [e.scores for e in slow_events.steps]
+    assert fast.metrics == slow.metrics
