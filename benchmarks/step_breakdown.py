@@ -44,7 +44,7 @@ def pieces(backbone: str) -> dict:
             layer.delta.normal_(0, 1e-3)
     buffers = [torch.empty_like(layer.weight) for layer in layers]  # as ComposeScratch keeps them
     grads = [torch.randn_like(layer.weight) for layer in layers]  # stand-ins for ∂L/∂w, laid out as w
-    weights = taps.penalty_weights(model)
+    sparsity = taps.SparsityPenalty(model)
     tiny = [(torch.zeros(1), torch.zeros(1, requires_grad=True), torch.tensor(0.5, requires_grad=True))
             for _ in layers]
 
@@ -61,7 +61,7 @@ def pieces(backbone: str) -> dict:
         torch.stack([o.sum() for o in outs]).sum().backward()
 
     def penalty():
-        taps.sparsity_penalty(model, 0.3, weights=weights).backward()
+        sparsity(0.3).backward()
 
     return {"compose": compose, "score grads": score_grads, "autograd": autograd_overhead, "penalty": penalty}
 

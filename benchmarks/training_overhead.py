@@ -12,6 +12,9 @@ Four steps on the same backbone, batch and resolution, with the same SGD (moment
                     and their δ gets no gradient
   TAPS, recompute   all on, with TAPSConfig(recompute_weights=True): w̄ + δ composed again in the
                     backward pass instead of kept — one weight copy less, one more add per layer
+  TAPS, frozen, half off   every other gate off with the gates frozen, as in the last 30 % of a run
+                    (after gate_freeze): scores take no gradient, so off layers run as frozen
+                    layers (no weight gradient) and on layers skip ⟨∂L/∂w, δ⟩
 Times are medians of interleaved repetitions, in --processes fresh processes per setting; the
 ratio shown is the median of the per-process ratios, with their range. Peak memory is measured in a fresh
 process per step kind: on CPU the peak resident set (VmHWM, reset after the first step) above the
@@ -39,9 +42,9 @@ from benchmarks.common import interleaved, median_ms, parser, print_table, write
 CPU_SETTINGS = [("efficientnet_lite0", 64, 32), ("resnet50", 64, 32), ("densenet121", 64, 32),
                 ("vit_small_patch16_224", 224, 8), ("efficientnet_lite0", 224, 8), ("resnet50", 224, 8)]
 GPU_SETTINGS = [(name, 224, 64) for name in ("efficientnet_lite0", "resnet50", "densenet121", "vit_small_patch16_224")]
-KINDS = ("finetune", "taps", "taps_half_off", "taps_recompute")
+KINDS = ("finetune", "taps", "taps_half_off", "taps_recompute", "taps_frozen_half_off")
 LABELS = {"finetune": "fine-tune", "taps": "TAPS, all on", "taps_half_off": "TAPS, half off",
-          "taps_recompute": "TAPS, all on, recompute"}
+          "taps_recompute": "TAPS, all on, recompute", "taps_frozen_half_off": "TAPS, half off, gates frozen"}
 
 
 def build_step(kind: str, backbone: str, resolution: int, batch: int, device):
@@ -51,20 +54,23 @@ def build_step(kind: str, backbone: str, resolution: int, batch: int, device):
 
     import taps
     from taps.backbones import create_backbone
+    from taps.layers import prime_gates, set_gates_learning
     from taps.trainer import TrainConfig, build_optimizer, mixed_precision_dtype, uses_channels_last
     from tests.helpers import scramble
 
     torch.manual_seed(0)
     model = create_backbone(backbone, 10, "none")
-    weights = None
+    penalty, layers = None, []
     if kind == "finetune":
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     else:
         taps.adapt(model, taps.TAPSConfig(recompute_weights=kind == "taps_recompute"))
-        if kind == "taps_half_off":
+        if kind in ("taps_half_off", "taps_frozen_half_off"):
             scramble(model, off_every=2)
         optimizer = build_optimizer(model, TrainConfig(lr=1e-3))
-        weights = taps.penalty_weights(model).to(device)
+        penalty = taps.SparsityPenalty(model.to(device))
+        layers = [m for _, m in taps.gated_layers(model)]
+        set_gates_learning([m.score for m in layers], kind != "taps_frozen_half_off")
     amp_dtype = mixed_precision_dtype(device, True)
     model = model.to(device).train()
     x = torch.rand(batch, 3, resolution, resolution, device=device)
@@ -77,10 +83,12 @@ def build_step(kind: str, backbone: str, resolution: int, batch: int, device):
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = F.cross_entropy(model(x).float(), y)
-        if weights is not None:
-            loss = loss + taps.sparsity_penalty(model, 0.3, weights=weights)
+        if penalty is not None:
+            loss = loss + penalty(0.3)
         loss.backward()
         optimizer.step()
+        if layers:  # as the trainer: every gate state from one read of the scores
+            prime_gates(layers, torch.stack([m.score.detach() for m in layers]).tolist())
 
     return step
 

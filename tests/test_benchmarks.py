@@ -28,7 +28,7 @@ def by(rows, key):
 def test_training_overhead_measures_time_and_memory_of_each_step_kind(tmp_path):
     result = run_quick("training_overhead", tmp_path)
     rows = by(result["rows"], "kind")
-    assert set(rows) == {"finetune", "taps", "taps_half_off", "taps_recompute"}
+    assert set(rows) == {"finetune", "taps", "taps_half_off", "taps_recompute", "taps_frozen_half_off"}
     assert rows["finetune"]["time_ratio"] == 1.0 and rows["finetune"]["memory_ratio"] == 1.0
     assert all(r["median_ms"] > 0 for r in rows.values())
     # TAPS holds w̄ and δ (and composes w̄ + δ); with half the gates off it composes and grads half.
