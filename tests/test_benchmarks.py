@@ -106,3 +106,14 @@ def test_step_breakdown_adds_up_the_pieces_of_taps_extra_work(tmp_path):
     assert all(rows[p]["ms"] > 0 for p in rows)
     assert rows["TAPS adds"]["ms"] == pytest.approx(pieces)
     assert rows["TAPS adds"]["expected_ratio"] == pytest.approx(1 + pieces / rows["fine-tune step"]["ms"])
+
+
+def test_run_cost_times_both_phases_of_whole_runs_against_fine_tuning(tmp_path):
+    result = run_quick("run_cost", tmp_path)
+    rows = by(result["rows"], "method")
+    assert set(rows) == {"fine-tune", "TAPS λ = 0.3", "TAPS λ = 1"}
+    assert rows["fine-tune"]["run_ratio"] == 1.0 and rows["fine-tune"]["frozen_ms"] is None
+    taps_rows = [rows["TAPS λ = 0.3"], rows["TAPS λ = 1"]]
+    assert all(r["learning_ms"] > 0 and r["frozen_ms"] > 0 and r["seconds"] > 0 for r in taps_rows)
+    assert all(r["per_run"][0]["active_layers"] == r["active_layers"] for r in taps_rows)
+    assert result["config"]["backbone"] == "test_resnet"  # the quick mode's tiny model
