@@ -32,8 +32,7 @@ class SparsityPenalty:
         self.weights = weights.to(self.scores[0].device, self.scores[0].dtype)
 
     def __call__(self, lam: float) -> torch.Tensor:
-        scores = torch.stack(self.scores)
-        return lam * torch.sum(self.weights.to(scores.device, scores.dtype) * scores.abs())
+        return lam * torch.sum(self.weights * torch.stack(self.scores).abs())
 
 
 def sparsity_penalty(model: nn.Module, lam: float, mode: PenaltyMode | None = None,

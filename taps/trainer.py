@@ -411,7 +411,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         budget = BudgetController(costs, config.budget_pct, config.budget_gain,
                                   anneal_steps=round(2 / 3 * freeze_step(stages[0], config.gate_freeze)),
                                   start_pct=costs.cost_pct([config.score_init >= m.threshold for m in costs.layers]))
-        penalty_term = SparsityPenalty(model, weights=penalty_weights(model, config.budget_kind).to(device))
+        penalty_term = SparsityPenalty(model, weights=penalty_weights(model, config.budget_kind))
     else:
         penalty_term = SparsityPenalty(model, config.penalty_mode) if config.method == "taps" else None
 
