@@ -116,4 +116,8 @@ def test_run_cost_times_both_phases_of_whole_runs_against_fine_tuning(tmp_path):
     taps_rows = [rows["TAPS λ = 0.3"], rows["TAPS λ = 1"]]
     assert all(r["learning_ms"] > 0 and r["frozen_ms"] > 0 and r["seconds"] > 0 for r in taps_rows)
     assert all(r["per_run"][0]["active_layers"] == r["active_layers"] for r in taps_rows)
+    # 2 epochs of 4 steps, the first of each epoch untimed (it follows an evaluation); the gates
+    # freeze after ⌈0.7 · 8⌉ = 6 steps: steps 2-4 and 6 learn, 7-8 are frozen.
+    assert [(r["per_run"][0]["learning_steps"], r["per_run"][0]["frozen_steps"]) for r in taps_rows] == [(4, 2)] * 2
+    assert (rows["fine-tune"]["per_run"][0]["learning_steps"], rows["fine-tune"]["per_run"][0]["frozen_steps"]) == (6, 0)
     assert result["config"]["backbone"] == "test_resnet"  # the quick mode's tiny model
