@@ -53,7 +53,7 @@ def machine() -> dict:
 
 def _cpu_generation() -> dict:
     """Family, model and widest vector unit: a VM's CPU may be named only "AMD EPYC", and the same
-    name has covered machines 5× apart on a training step (AVX-512 against AVX2 only)."""
+    name has covered machines 5–8× apart on a training step (one of them AVX2 only)."""
     try:
         fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
     except OSError:

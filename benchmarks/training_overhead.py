@@ -4,7 +4,7 @@
     python benchmarks/training_overhead.py --backbones resnet50 --repeat 20
     python benchmarks/training_overhead.py --quick         # a smoke run in seconds
 
-Four steps on the same backbone, batch and resolution, with the same SGD (momentum 0.9):
+Five steps on the same backbone, batch and resolution, with the same SGD (momentum 0.9):
   fine-tune         the plain model, every weight trained — the reference
   TAPS, all on      gated layers, scores and the sparsity penalty, every gate on (step 0: the
                     most expensive state, every layer composes w̄ + δ)
