@@ -8,8 +8,9 @@ shared 2-core machine. The work TAPS adds to a step is small and deterministic, 
 timed on its own, tightly, beside the fine-tuning step it adds to (interleaved in one process):
   compose       w̄ + δ for every gated layer, into the layer's kept buffer (forward)
   score grads   ⟨∂L/∂w, δ⟩ for every gated layer, one dot product each (backward)
-  autograd      the gate read and the custom Function's forward and backward per layer, on
-                1-element tensors: Python and dispatch cost, independent of the layer's size
+  autograd      the gate reads and the one custom Function node composing every layer (forward
+                and backward), on 1-element tensors: Python and dispatch cost, independent of
+                the layers' sizes
   penalty       λ·Σ w_i·|s_i| and its backward
 Their sum over the fine-tuning step is the overhead TAPS must cost with every gate on; the
 end-to-end measurement can only add noise to it. Writes benchmarks/results/step_breakdown.json.
@@ -34,31 +35,35 @@ def pieces(backbone: str) -> dict:
     import taps
     from taps import tensor_layout
     from taps.backbones import create_backbone
-    from taps.layers import ComposeWeight
+    from taps.composition import ComposeWeights
+    from taps.layers import prime_gates
 
     # Channels-last, as the trainer keeps convolutions on CPU: the pieces walk weights in that layout.
     model = taps.adapt(create_backbone(backbone, 10, "none")).to(memory_format=torch.channels_last)
     layers = [m for _, m in taps.gated_layers(model)]
+    prime_gates(layers, [float(m.score) for m in layers])  # as the trainer: no score read per layer
     for layer in layers:
         with torch.no_grad():
             layer.delta.normal_(0, 1e-3)
     buffers = [torch.empty_like(layer.weight) for layer in layers]  # as ComposeScratch keeps them
     grads = [torch.randn_like(layer.weight) for layer in layers]  # stand-ins for ∂L/∂w, laid out as w
     sparsity = taps.SparsityPenalty(model)
-    tiny = [(torch.zeros(1), torch.zeros(1, requires_grad=True), torch.tensor(0.5, requires_grad=True))
-            for _ in layers]
+    tiny_weights = [torch.zeros(1) for _ in layers]
+    tiny_deltas = [torch.zeros(1, requires_grad=True) for _ in layers]
+    tiny_scores = [torch.tensor(0.5, requires_grad=True) for _ in layers]
 
     def compose():
         for layer, buf in zip(layers, buffers):
-            torch.add(layer.weight, layer.delta.detach(), out=buf)  # as inside ComposeWeight.forward
+            torch.add(layer.weight, layer.delta.detach(), out=buf)  # as inside ComposeWeights.forward
 
     def score_grads():
         for layer, g in zip(layers, grads):
-            tensor_layout.dot(g, layer.delta.detach())  # as inside ComposeWeight.backward
+            tensor_layout.dot(g, layer.delta.detach())  # as inside ComposeWeights.backward
 
     def autograd_overhead():
-        outs = [ComposeWeight.apply(w, d, s, layer.active) for (w, d, s), layer in zip(tiny, layers)]
-        torch.stack([o.sum() for o in outs]).sum().backward()
+        ons = tuple(layer.active for layer in layers)  # as taps.adapt's forward hook composes them
+        outs = ComposeWeights.apply(ons, (None,) * len(layers), *tiny_weights, *tiny_deltas, *tiny_scores)
+        torch.autograd.backward(outs, [torch.ones(1)] * len(outs))
 
     def penalty():
         sparsity(0.3).backward()

@@ -6,6 +6,7 @@ import fnmatch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .composition import ComposeOncePerForward
 from .config import TAPSConfig
 from .layers import GATED_TYPES, GatedLayer
 
@@ -79,6 +80,8 @@ def adapt(model: nn.Module, config: TAPSConfig | None = None) -> nn.Module:
         p.requires_grad_(True)
     model.taps_config = config
     model.taps_head = head
+    # One autograd node composes every layer's weight per forward pass, not one node per layer.
+    ComposeOncePerForward.install(model, [m for _, m in gated_layers(model)])
     return model
 
 

@@ -7,7 +7,6 @@ names. Only ``delta`` (zero-initialised) and ``score`` (one scalar) are new.
 from __future__ import annotations
 
 import copy
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -16,74 +15,8 @@ from timm.layers.conv2d_same import conv2d_same
 from timm.layers.padding import pad_same
 from torch import nn
 
-from . import tensor_layout
+from .composition import PRECOMPOSED, ComposeScratch, compose_weights
 from .recompute import GatedConv2dFunction, GatedLinearFunction
-
-
-class ComposeWeight(torch.autograd.Function):
-    """w = w̄ + I_τ(s)·δ, with the straight-through gradient for s.
-
-    Backward: ∂L/∂δ = I·∂L/∂w and ∂L/∂s = ⟨∂L/∂w, δ⟩ (the gradient of w̄ + s·δ), so a layer that
-    is off still learns whether to switch back on. Fused into one Function to avoid keeping
-    intermediate tensors and to skip the multiply when the gate is 0 or 1.
-    """
-
-    @staticmethod
-    def forward(ctx, weight, delta, score, on: bool, scratch: "ComposeScratch | None" = None):
-        ctx.on = on
-        ctx.save_for_backward(delta)
-        # An off layer computes with w̄ itself: no copy (autograd returns it as a view).
-        if not on:
-            return weight
-        if scratch is None:
-            return weight + delta
-        return scratch.compose(ctx, weight, delta)
-
-    @staticmethod
-    def backward(ctx, grad_w):
-        (delta,) = ctx.saved_tensors
-        grad_delta = grad_score = None
-        # An off layer's δ gets no gradient at all (None, not zeros): the optimizer skips it, so
-        # δ keeps its value, as the paper's I·∂L/∂w = 0 intends, without momentum drifting it.
-        if ctx.needs_input_grad[1] and ctx.on:
-            grad_delta = grad_w
-        if ctx.needs_input_grad[2]:
-            # ⟨∂L/∂w, δ⟩ in one pass without a weight-sized temporary.
-            grad_score = tensor_layout.dot(grad_w, delta).to(delta.dtype)
-        # The base weight itself trains only in joint multi-task training (Eq. 4): ∂L/∂w̄ = ∂L/∂w.
-        grad_weight = grad_w if ctx.needs_input_grad[0] else None
-        return grad_weight, grad_delta, grad_score, None, None
-
-
-class ComposeScratch:
-    """A layer's reusable home for w̄ + δ during training.
-
-    A fresh weight-sized tensor per layer per step costs more than the add itself on CPU: the
-    allocator hands large blocks back to the OS, so every step page-faults them in again (ResNet-50:
-    34 ms per step against 9.5 ms for the add into kept memory). Reuse is safe only once the graph
-    that saved the previous composition is gone, so the buffer remembers (weakly) which backward
-    node last wrote it, and a second forward before that backward gets a fresh tensor instead.
-    """
-
-    def __init__(self):
-        self.buffer: torch.Tensor | None = None
-        self.owner = lambda: None  # weak reference to the ctx of the graph using the buffer
-
-    def __reduce__(self):  # copies and pickles start empty: the buffer is a cache, not state
-        return (ComposeScratch, ())
-
-    def compose(self, ctx, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        buf = self.buffer
-        if self.owner() is not None:  # the previous graph still needs its composition
-            return weight + delta
-        if (buf is None or buf.shape != weight.shape or buf.stride() != weight.stride()
-                or buf.dtype != weight.dtype or buf.device != weight.device):
-            buf = self.buffer = torch.empty_like(weight)
-        torch.add(weight, delta, out=buf)
-        self.owner = weakref.ref(ctx)
-        # A view, not the buffer: autograd attaches this step's graph to the view, and the shared
-        # version counter makes any unforeseen overwrite an error at backward, never a wrong gradient.
-        return buf.view_as(buf)
 
 
 def hard_gate(score: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -134,7 +67,7 @@ class GatedLayer:
 
     def composed_weight(self) -> torch.Tensor:
         """w̄ + I·δ as a new tensor, differentiable in δ and s."""
-        return ComposeWeight.apply(self.weight, self.delta, self.score, self.active)
+        return compose_weights([self])[0]
 
     def _recomputing(self) -> bool:
         return self.recompute and torch.is_grad_enabled() and not self._base_as_is()
@@ -147,16 +80,23 @@ class GatedLayer:
         return not (self.score.requires_grad or self.weight.requires_grad) and not self.active
 
     def _forward_weight(self) -> torch.Tensor:
-        """composed_weight() for this layer's own forward pass: while gradients are recorded it
-        composes into a kept buffer (see ComposeScratch); without them, a transient tensor."""
+        """composed_weight() for this layer's own forward pass: the one its model composed for
+        this pass (see ComposeOncePerForward) if there is one; else, while gradients are
+        recorded, composed into a kept buffer (see ComposeScratch); without them, a transient."""
+        precomposed = self.__dict__.pop(PRECOMPOSED, None)
+        if precomposed is not None:
+            return precomposed
         if not torch.is_grad_enabled():
             return self.composed_weight()
         if self._base_as_is():
             return self.weight
+        return compose_weights([self], [self.compose_scratch()])[0]
+
+    def compose_scratch(self) -> ComposeScratch:
         scratch = self.__dict__.get("_compose_scratch")
         if scratch is None:
             scratch = self.__dict__["_compose_scratch"] = ComposeScratch()
-        return ComposeWeight.apply(self.weight, self.delta, self.score, self.active, scratch)
+        return scratch
 
     def merged_weight(self) -> torch.Tensor:
         """The weight a plain layer would hold: w̄ + I·δ, without autograd."""
@@ -195,6 +135,7 @@ class _GatedBase(GatedLayer):
         plain.__dict__.pop("recompute", None)
         plain.__dict__.pop("_primed_gate", None)
         plain.__dict__.pop("_compose_scratch", None)
+        plain.__dict__.pop(PRECOMPOSED, None)
         plain.weight = nn.Parameter(self.merged_weight(), requires_grad=False)
         return plain
 

@@ -6,6 +6,7 @@ import copy
 from torch import nn
 
 from .adaptation import gated_layers, replace_module
+from .composition import ComposeOncePerForward
 
 
 def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -16,6 +17,7 @@ def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
     merged = model if inplace else copy.deepcopy(model)
     for name, layer in gated_layers(merged):
         replace_module(merged, name, layer.to_plain())
+    ComposeOncePerForward.uninstall(merged)
     for attr in ("taps_config", "taps_head"):
         if attr in merged.__dict__:
             delattr(merged, attr)

@@ -32,7 +32,7 @@ def compose_in_scratch(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tenso
 
 
 def _weight_grads(ctx, grad_w, delta):
-    """(∂L/∂w̄, ∂L/∂δ, ∂L/∂s) from ∂L/∂w, as ComposeWeight gives them."""
+    """(∂L/∂w̄, ∂L/∂δ, ∂L/∂s) from ∂L/∂w, as ComposeWeights gives them."""
     grad_w = grad_w.to(delta.dtype)
     grad_weight = grad_w if ctx.needs_input_grad[1] else None
     grad_delta = grad_w if ctx.needs_input_grad[2] and ctx.on else None
