@@ -41,7 +41,7 @@ def pieces(backbone: str) -> dict:
     # Channels-last, as the trainer keeps convolutions on CPU: the pieces walk weights in that layout.
     model = taps.adapt(create_backbone(backbone, 10, "none")).to(memory_format=torch.channels_last)
     layers = [m for _, m in taps.gated_layers(model)]
-    prime_gates(layers, [float(m.score) for m in layers])  # as the trainer: no score read per layer
+    prime_gates(layers, [float(m.score.detach()) for m in layers])  # as the trainer: no score read per layer
     for layer in layers:
         with torch.no_grad():
             layer.delta.normal_(0, 1e-3)
