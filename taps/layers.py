@@ -2,7 +2,8 @@
 
 The gated layers subclass the layers they replace, so code that checks ``isinstance(m,
 nn.Conv2d)`` keeps working, and the frozen pretrained ``weight``/``bias`` keep their state-dict
-names. Only ``delta`` (zero-initialised) and ``score`` (one scalar) are new.
+names. Only ``delta`` (zero-initialised) and ``score`` (one scalar) are new. The composition
+w̄ + I·δ and its straight-through gradient live in ``taps.composition``.
 """
 from __future__ import annotations
 
