@@ -22,7 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import interleaved, median_ms, parser, print_table, write_result
-from benchmarks.training_overhead import CPU_SETTINGS, GPU_SETTINGS
+from benchmarks.training_overhead import CPU_SETTINGS, GPU_SETTINGS, resolution_per_backbone
 
 KINDS = {"plain": "plain backbone", "merged": "merged task model", "gated": "gated, unmerged",
          "multitask": "multi-task model"}
@@ -59,12 +59,16 @@ def task_models(backbone: str, device, tmp: Path):
     return models
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = parser(__doc__, "EfficientNet-Lite0 at 32 px, batch 4, 3 repetitions")
-    p.add_argument("--backbones", nargs="+", default=list(CPU_SETTINGS))
+    p.add_argument("--backbones", nargs="+", default=list(resolution_per_backbone(CPU_SETTINGS)))
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeat", type=int, default=20)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     import torch
 
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
     print(f"device: {device_description(device)}; batch {args.batch}; {args.repeat} interleaved repetitions")
     rows = []
     for backbone in args.backbones:
-        resolution = 32 if args.quick else settings.get(backbone, (64, 32))[0]
+        resolution = 32 if args.quick else resolution_per_backbone(settings).get(backbone, 64)
         with tempfile.TemporaryDirectory() as tmp:
             models = task_models(backbone, device, Path(tmp))
         x = torch.rand(args.batch, 3, resolution, resolution, device=device)

@@ -22,7 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, parser, print_table, write_result
-from benchmarks.training_overhead import CPU_SETTINGS
+from benchmarks.training_overhead import CPU_SETTINGS, resolution_per_backbone
 
 SHARES = (0, 10, 25, 50, 100)
 
@@ -72,11 +72,15 @@ def by_lambda(frontier: Path) -> list[dict]:
              "ratio": r["pack_mb"] / full if full else None} for r in data["rows"]]
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = parser(__doc__, "EfficientNet-Lite0 only")
-    p.add_argument("--backbones", nargs="+", default=list(CPU_SETTINGS))
+    p.add_argument("--backbones", nargs="+", default=list(resolution_per_backbone(CPU_SETTINGS)))
     p.add_argument("--frontier", type=Path, default=RESULTS / "accuracy_frontier.json")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.quick:
         args.backbones = ["efficientnet_lite0"]
     lam_rows = by_lambda(args.frontier)

@@ -42,6 +42,17 @@ from benchmarks.common import interleaved, median_ms, parser, print_table, write
 CPU_SETTINGS = [("efficientnet_lite0", 64, 32), ("resnet50", 64, 32), ("densenet121", 64, 32),
                 ("vit_small_patch16_224", 224, 8), ("efficientnet_lite0", 224, 8), ("resnet50", 224, 8)]
 GPU_SETTINGS = [(name, 224, 64) for name in ("efficientnet_lite0", "resnet50", "densenet121", "vit_small_patch16_224")]
+
+
+def resolution_per_backbone(settings: list[tuple[str, int, int]]) -> dict[str, int]:
+    """Each backbone of ``settings`` with its first resolution, in order: the scripts that take one
+    setting per backbone (inference, storage) use these."""
+    first: dict[str, int] = {}
+    for backbone, resolution, _ in settings:
+        first.setdefault(backbone, resolution)
+    return first
+
+
 KINDS = ("finetune", "taps", "taps_half_off", "taps_recompute", "taps_frozen_half_off")
 LABELS = {"finetune": "fine-tune", "taps": "TAPS, all on", "taps_half_off": "TAPS, half off",
           "taps_recompute": "TAPS, all on, recompute", "taps_frozen_half_off": "TAPS, half off, gates frozen"}

@@ -47,6 +47,16 @@ def test_inference_compares_merged_gated_and_multitask_models(tmp_path):
     assert all(r["median_ms"] > 0 for r in rows.values())
 
 
+@pytest.mark.parametrize("name", ["inference", "storage"])
+def test_one_setting_per_backbone_scripts_default_to_every_benchmarked_backbone(name):
+    """A full run (not --quick) takes its backbones from training_overhead's settings."""
+    import importlib
+
+    script = importlib.import_module(f"benchmarks.{name}")
+    assert script.parse_args([]).backbones == ["efficientnet_lite0", "resnet50", "densenet121",
+                                                "vit_small_patch16_224"]
+
+
 def test_storage_pack_bytes_grow_with_the_task_specific_share(tmp_path):
     result = run_quick("storage", tmp_path)
     rows = sorted(result["by_share"], key=lambda r: r["share_pct"])
