@@ -16,9 +16,14 @@ Five steps on the same backbone, batch and resolution, with the same SGD (moment
                     (after gate_freeze): scores take no gradient, so off layers run as frozen
                     layers (no weight gradient) and on layers skip ⟨∂L/∂w, δ⟩
 Times are medians of interleaved repetitions, in --processes fresh processes per setting; the
-ratio shown is the median of the per-process ratios, with their range. Peak memory is measured in a fresh
-process per step kind: on CPU the peak resident set (VmHWM, reset after the first step) above the
-process before the model was built; on CUDA ``max_memory_allocated``. On a GPU the steps run with
+ratio shown is the median of the per-process ratios, with their range. Peak memory is measured in fresh
+processes per step kind, over the two steps after the first, two ways: the most bytes held by
+tensors at once (on CPU every allocation traced, see allocated_memory.py; on CUDA
+``max_memory_allocated``), and what the process holds (on CPU the peak resident set above the process
+before the model was built; on CUDA ``max_memory_reserved``). Beside them, what TAPS costs in
+units of W, the gated weights' bytes: TAPS holds w̄ and δ where fine-tuning holds one weight, so a
+TAPS step in float32 with the same optimizer is expected to hold fine-tuning's peak + W (+ W more
+for the composed weights it keeps unless it recomputes them). On a GPU the steps run with
 bfloat16 autocast; convolutions are channels-last on CPU and GPU, as the trainer does. Writes
 benchmarks/results/training_overhead.json.
 """
@@ -111,26 +116,47 @@ def _rss_bytes(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def peak_memory_child(kind: str, backbone: str, resolution: int, batch: int, device_name: str) -> int:
-    """Peak bytes a training step of ``kind`` holds: weights, deltas, gradients, momentum and
-    activations (run in a fresh process, so nothing else is counted)."""
+def peak_memory_child(measure: str, kind: str, backbone: str, resolution: int, batch: int, device_name: str) -> dict:
+    """Peak bytes of the steps after the first (weights, deltas, gradients, momentum, activations),
+    in a fresh process so that nothing else is counted. ``measure`` is "allocated" (bytes held by
+    tensors) or "resident" (what the process holds); on CUDA one process gives both, and on CPU
+    each has its own, since tracing allocations costs resident memory of its own."""
     import torch
 
     import taps.trainer  # noqa: F401  (imports are not what a step holds)
+    from benchmarks.allocated_memory import AllocationTrace
 
     device = torch.device(device_name)
-    before = _rss_bytes("VmRSS")
-    step = build_step(kind, backbone, resolution, batch, device)
-    step()  # gradients and momentum buffers now exist
     if device.type == "cuda":
+        step = build_step(kind, backbone, resolution, batch, device)
+        step()  # gradients and momentum buffers now exist
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         step(), step()
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
+        return {"allocated": torch.cuda.max_memory_allocated(), "resident": torch.cuda.max_memory_reserved()}
+    if measure == "allocated":
+        with AllocationTrace() as trace:  # from before the model exists, so all it holds is counted
+            step = build_step(kind, backbone, resolution, batch, device)
+            step()
+            with trace.window():
+                step(), step()
+        return {"allocated": trace.peak_bytes()}
+    before = _rss_bytes("VmRSS")
+    step = build_step(kind, backbone, resolution, batch, device)
+    step()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set to the current one
     step(), step()
-    return _rss_bytes("VmHWM") - before
+    return {"resident": _rss_bytes("VmHWM") - before}
+
+
+def gated_weight_bytes(backbone: str) -> int:
+    """W: the bytes of the weights TAPS gates, i.e. of all the deltas."""
+    import taps
+    from taps.backbones import create_backbone
+
+    model = taps.adapt(create_backbone(backbone, 10, "none"), taps.TAPSConfig())
+    return sum(layer.delta.numel() * layer.delta.element_size() for _, layer in taps.gated_layers(model))
 
 
 def step_times_child(backbone: str, resolution: int, batch: int, repeat: int, device_name: str) -> dict:
@@ -155,13 +181,17 @@ def in_fresh_process(what: str, *args) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def peak_memory_per_kind(backbone: str, resolution: int, batch: int, device) -> dict[str, int]:
-    """Each kind's peak in its own process. A peak is the process's own, so the processes run at
-    once: that shortens the wait (the smoke run: 28 s → 23 s) and changes no number."""
+def peak_memory_per_kind(backbone: str, resolution: int, batch: int, device) -> dict[str, dict[str, int]]:
+    """Each kind's peaks, each in its own process. A peak is the process's own, so the processes of
+    one measure run at once: that shortens the wait and changes no number."""
+    measures = ("both",) if device.type == "cuda" else ("allocated", "resident")
+    peaks: dict[str, dict[str, int]] = {kind: {} for kind in KINDS}
     with ThreadPoolExecutor(len(KINDS)) as pool:
-        peaks = pool.map(lambda kind: int(in_fresh_process("memory-child", kind, backbone, resolution, batch, device)),
-                         KINDS)
-        return dict(zip(KINDS, peaks))
+        for measure in measures:
+            for kind, peak in zip(KINDS, pool.map(lambda kind: json.loads(in_fresh_process(
+                    "memory-child", measure, kind, backbone, resolution, batch, device)), KINDS)):
+                peaks[kind].update(peak)
+    return peaks
 
 
 def main(argv=None) -> int:
@@ -173,12 +203,13 @@ def main(argv=None) -> int:
     p.add_argument("--processes", type=int, default=3,
                    help="fresh timing processes per setting; ratios are the median over them (default 3)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
-    p.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--no-time", action="store_true", help="skip the timing processes (memory only)")
+    p.add_argument("--memory-child", nargs=6, help=argparse.SUPPRESS)
     p.add_argument("--time-child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
-        kind, backbone, resolution, batch, device = args.memory_child
-        print(peak_memory_child(kind, backbone, int(resolution), int(batch), device))
+        measure, kind, backbone, resolution, batch, device = args.memory_child
+        print(json.dumps(peak_memory_child(measure, kind, backbone, int(resolution), int(batch), device)))
         return 0
     if args.time_child:
         backbone, resolution, batch, repeat, device = args.time_child
@@ -199,24 +230,36 @@ def main(argv=None) -> int:
     rows = []
     for backbone, resolution, batch in settings:
         # Per process: the median step of each kind, and its ratio to fine-tuning in that process.
-        medians = [{kind: median_ms(t) for kind, t in json.loads(
+        medians = [] if args.no_time else [{kind: median_ms(t) for kind, t in json.loads(
             in_fresh_process("time-child", backbone, resolution, batch, repeat, device)).items()}
             for _ in range(args.processes)]
         peaks = {} if args.no_memory else peak_memory_per_kind(backbone, resolution, batch, device)
+        weight_bytes = None if args.no_memory else gated_weight_bytes(backbone)
         for kind in KINDS:
-            ratios = [m[kind] / m["finetune"] for m in medians]
-            rows.append({"backbone": backbone, "resolution": resolution, "batch": batch, "kind": kind,
-                         "step": LABELS[kind], "median_ms": statistics.median(m[kind] for m in medians),
-                         "time_ratio": statistics.median(ratios), "time_ratio_range": [min(ratios), max(ratios)],
-                         "peak_mb": peaks[kind] / 2**20 if peaks else None,
-                         "memory_ratio": peaks[kind] / peaks["finetune"] if peaks else None})
+            row = {"backbone": backbone, "resolution": resolution, "batch": batch, "kind": kind, "step": LABELS[kind]}
+            if medians:
+                ratios = [m[kind] / m["finetune"] for m in medians]
+                row |= {"median_ms": statistics.median(m[kind] for m in medians), "time_ratio": statistics.median(ratios),
+                        "time_ratio_range": [min(ratios), max(ratios)],
+                        "ratio_range": "{:.3f}–{:.3f}".format(min(ratios), max(ratios))}
+            if peaks:
+                allocated, resident = peaks[kind]["allocated"], peaks[kind]["resident"]
+                row |= {"peak_mb": allocated / 2**20, "memory_ratio": allocated / peaks["finetune"]["allocated"],
+                        "weight_copies_over_finetune": (allocated - peaks["finetune"]["allocated"]) / weight_bytes,
+                        "resident_mb": resident / 2**20, "resident_ratio": resident / peaks["finetune"]["resident"],
+                        "gated_weights_mb": weight_bytes / 2**20,
+                        "finetune_plus_w_ratio": 1 + weight_bytes / peaks["finetune"]["allocated"]}
+            rows.append(row)
         print(f"\n{backbone}, {resolution} px, batch {batch}")
-        for r in rows[-len(KINDS):]:
-            r["ratio_range"] = "{:.3f}–{:.3f}".format(*r["time_ratio_range"])
         print_table([("step", "step", "<"), ("median_ms", "median ms", ">.1f"), ("time_ratio", "× fine-tune", ">.3f"),
                      ("ratio_range", f"over {args.processes} processes", ">"),
-                     ("peak_mb", "peak MiB", ">.0f"), ("memory_ratio", "× fine-tune", ">.3f")],
-                    [r for r in rows if (r["backbone"], r["resolution"], r["batch"]) == (backbone, resolution, batch)])
+                     ("peak_mb", "peak allocated MiB", ">.0f"), ("memory_ratio", "× fine-tune", ">.3f"),
+                     ("weight_copies_over_finetune", "+ W over fine-tune", ">.2f"),
+                     ("resident_mb", "peak resident MiB", ">.0f"), ("resident_ratio", "× fine-tune", ">.3f")],
+                    rows[-len(KINDS):])
+        if peaks:
+            print(f"W, the gated weights: {weight_bytes / 2**20:.1f} MiB; fine-tuning's peak + W: "
+                  f"{rows[-1]['finetune_plus_w_ratio']:.3f} × fine-tune")
     write_result("training_overhead", args, {"device": device_description(device), "rows": rows})
     return 0
 

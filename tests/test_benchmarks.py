@@ -30,13 +30,54 @@ def test_training_overhead_measures_time_and_memory_of_each_step_kind(tmp_path):
     rows = by(result["rows"], "kind")
     assert set(rows) == {"finetune", "taps", "taps_half_off", "taps_recompute", "taps_frozen_half_off"}
     assert rows["finetune"]["time_ratio"] == 1.0 and rows["finetune"]["memory_ratio"] == 1.0
-    assert all(r["median_ms"] > 0 for r in rows.values())
-    # TAPS holds w̄ and δ (and composes w̄ + δ); with half the gates off it composes and grads half.
-    assert rows["taps"]["peak_mb"] > rows["finetune"]["peak_mb"]
-    assert rows["taps_half_off"]["peak_mb"] < rows["taps"]["peak_mb"]
-    # Recomputing keeps no composed weights: Lite0 at 32 px is mostly weights, so this shows.
-    assert rows["taps_recompute"]["peak_mb"] < rows["taps"]["peak_mb"]
-    assert "× fine-tune" in result["stdout"]
+    assert rows["finetune"]["resident_ratio"] == 1.0
+    assert all(r["median_ms"] > 0 and r["resident_mb"] > 0 for r in rows.values())
+    # Lite0's gated weights: every conv and the 10-class head, 3,328,992 floats.
+    w = rows["taps"]["gated_weights_mb"]
+    assert w == pytest.approx(3_328_992 * 4 / 2**20, rel=1e-6)
+    peak = {kind: r["peak_mb"] for kind, r in rows.items()}
+    # Fine-tuning holds weights, gradients and momentum (3 W) and activations on top.
+    assert peak["finetune"] > 3 * w
+    # All on, TAPS holds w̄, δ, its gradient and momentum, and keeps the composed w̄ + δ.
+    assert peak["taps"] > peak["finetune"] + w
+    assert rows["taps"]["weight_copies_over_finetune"] == pytest.approx((peak["taps"] - peak["finetune"]) / w)
+    # Recompute keeps no composed weights, only one layer's scratch: it saves most of W, never more.
+    assert 0.8 * w < peak["taps"] - peak["taps_recompute"] <= w
+    assert peak["taps_half_off"] < peak["taps"]
+    assert "× fine-tune" in result["stdout"] and "+ W over fine-tune" in result["stdout"]
+
+
+def test_allocation_trace_counts_every_byte_held_at_once():
+    import torch
+
+    from benchmarks.allocated_memory import AllocationTrace
+
+    with AllocationTrace() as trace:
+        a = torch.empty(1_000_000)  # 4 MB
+        b = torch.empty(2_000_000)  # 8 MB: 12 MB held
+        del a
+        with trace.window():
+            c = torch.empty(1_500_000)  # 6 MB: 14 MB held, the peak in the window
+            del b
+            d = torch.ones(500_000) * 2  # 2 MB each, the product's input freed: 8 MB held after
+            del c
+        e = torch.empty(5_000_000)  # 20 MB outside the window: not its peak
+    assert trace.peak_bytes() == 14_000_000
+    assert trace.live_bytes() == 22_000_000
+    del d, e
+
+
+def test_allocation_trace_without_a_window_peaks_over_the_whole_trace():
+    import torch
+
+    from benchmarks.allocated_memory import AllocationTrace
+
+    with AllocationTrace() as trace:
+        big = torch.zeros(3_000_000)
+        del big
+        small = torch.zeros(1_000)
+    assert trace.peak_bytes() == 12_000_000 and trace.live_bytes() == 4_000
+    del small
 
 
 def test_inference_compares_merged_gated_and_multitask_models(tmp_path):

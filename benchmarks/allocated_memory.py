@@ -1,0 +1,56 @@
+"""Bytes held by CPU tensors, allocation by allocation: the CPU's counterpart of
+``torch.cuda.max_memory_allocated``.
+
+A process's resident set (what the OS sees) also holds memory the allocator has freed but kept,
+and glibc's choice of what to keep depends on the order of earlier frees: the same step measured
+up to 4 % apart between processes. PyTorch's profiler, asked for memory, records every CPU tensor
+allocation and free with its size, so the bytes live at any moment are the running sum of those
+records since the trace began: exact and repeatable. Buffers a library allocates past PyTorch's
+allocator (oneDNN's scratch space) are not seen.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+from torch.profiler import ProfilerActivity, profile, record_function
+
+_WINDOW = "allocated_memory.window"
+
+
+class AllocationTrace:
+    """Within ``with AllocationTrace() as trace:``, every CPU allocation and free; create what
+    is to be measured inside it, so that the running sum counts it from its first byte. Then
+    ``trace.peak_bytes()`` is the most held at once inside ``trace.window()`` blocks (or over
+    the whole trace if there were none) and ``trace.live_bytes()`` what is held at the end."""
+
+    def __enter__(self) -> "AllocationTrace":
+        self._profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._profile.__enter__()
+        self._events = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._profile.__exit__(*exc)
+        self._events = self._profile.profiler.kineto_results.events()
+
+    @staticmethod
+    def window():
+        """Mark the part of the trace whose peak is wanted (e.g. steps after the first)."""
+        return record_function(_WINDOW)
+
+    def _running_bytes(self) -> list[tuple[int, int]]:
+        if self._events is None:
+            raise RuntimeError("the trace is read after its `with` block ends")
+        changes = sorted((e.start_ns(), e.nbytes()) for e in self._events if e.name() == "[memory]")
+        return list(zip((t for t, _ in changes), itertools.accumulate(n for _, n in changes)))
+
+    def peak_bytes(self) -> int:
+        windows = [(e.start_ns(), e.end_ns()) for e in self._events or () if e.name() == _WINDOW]
+        running = self._running_bytes()
+        inside = [b for t, b in running if not windows or any(s <= t <= e for s, e in windows)]
+        return max(inside, default=0)
+
+    def live_bytes(self) -> int:
+        running = self._running_bytes()
+        return running[-1][1] if running else 0
