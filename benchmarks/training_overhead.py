@@ -226,7 +226,8 @@ def main(argv=None) -> int:
                 if args.backbones is None or b in args.backbones]
     settings = list(dict.fromkeys(settings))  # overrides can make two settings the same
     repeat = args.repeat or (30 if device.type == "cuda" else 10)
-    print(f"device: {device_description(device)}; {repeat} interleaved repetitions per step kind")
+    timing = "memory only" if args.no_time else f"{repeat} interleaved repetitions per step kind"
+    print(f"device: {device_description(device)}; {timing}")
     rows = []
     for backbone, resolution, batch in settings:
         # Per process: the median step of each kind, and its ratio to fine-tuning in that process.
