@@ -181,12 +181,13 @@ def in_fresh_process(what: str, *args) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def peak_memory_per_kind(backbone: str, resolution: int, batch: int, device) -> dict[str, dict[str, int]]:
-    """Each kind's peaks, each in its own process. A peak is the process's own, so the processes of
-    one measure run at once: that shortens the wait and changes no number."""
+def peak_memory_per_kind(backbone: str, resolution: int, batch: int, device,
+                         at_once: int = len(KINDS)) -> dict[str, dict[str, int]]:
+    """Each kind's peaks, each in its own process. A peak is the process's own, so ``at_once``
+    processes run at the same time: that shortens the wait and changes no number."""
     measures = ("both",) if device.type == "cuda" else ("allocated", "resident")
     peaks: dict[str, dict[str, int]] = {kind: {} for kind in KINDS}
-    with ThreadPoolExecutor(len(KINDS)) as pool:
+    with ThreadPoolExecutor(at_once) as pool:
         for measure in measures:
             for kind, peak in zip(KINDS, pool.map(lambda kind: json.loads(in_fresh_process(
                     "memory-child", measure, kind, backbone, resolution, batch, device)), KINDS)):
@@ -204,9 +205,13 @@ def main(argv=None) -> int:
                    help="fresh timing processes per setting; ratios are the median over them (default 3)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--no-time", action="store_true", help="skip the timing processes (memory only)")
+    p.add_argument("--memory-processes", type=int, default=len(KINDS),
+                   help=f"peak-memory processes at once (default {len(KINDS)}; fewer where they would not fit in RAM)")
     p.add_argument("--memory-child", nargs=6, help=argparse.SUPPRESS)
     p.add_argument("--time-child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.memory_processes < 1:
+        p.error(f"--memory-processes must be at least 1, not {args.memory_processes}")
     if args.memory_child:
         measure, kind, backbone, resolution, batch, device = args.memory_child
         print(json.dumps(peak_memory_child(measure, kind, backbone, int(resolution), int(batch), device)))
@@ -234,7 +239,8 @@ def main(argv=None) -> int:
         medians = [] if args.no_time else [{kind: median_ms(t) for kind, t in json.loads(
             in_fresh_process("time-child", backbone, resolution, batch, repeat, device)).items()}
             for _ in range(args.processes)]
-        peaks = {} if args.no_memory else peak_memory_per_kind(backbone, resolution, batch, device)
+        peaks = {} if args.no_memory else peak_memory_per_kind(backbone, resolution, batch, device,
+                                                               args.memory_processes)
         weight_bytes = None if args.no_memory else gated_weight_bytes(backbone)
         for kind in KINDS:
             row = {"backbone": backbone, "resolution": resolution, "batch": batch, "kind": kind, "step": LABELS[kind]}
