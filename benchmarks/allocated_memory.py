@@ -2,15 +2,14 @@
 ``torch.cuda.max_memory_allocated``.
 
 A process's resident set (what the OS sees) also holds memory the allocator has freed but kept,
-and glibc's choice of what to keep depends on the order of earlier frees: the same step measured
-up to 4 % apart between processes. PyTorch's profiler, asked for memory, records every CPU tensor
+and glibc's choice of what to keep depends on the order of earlier frees: the same step's peak
+moved by up to 9 % between two runs. PyTorch's profiler, asked for memory, records every CPU tensor
 allocation and free with its size, so the bytes live at any moment are the running sum of those
 records since the trace began: exact and repeatable. Buffers a library allocates past PyTorch's
 allocator (oneDNN's scratch space) are not seen.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -46,8 +45,8 @@ class AllocationTrace:
         return list(zip((t for t, _ in changes), itertools.accumulate(n for _, n in changes)))
 
     def peak_bytes(self) -> int:
-        windows = [(e.start_ns(), e.end_ns()) for e in self._events or () if e.name() == _WINDOW]
         running = self._running_bytes()
+        windows = [(e.start_ns(), e.end_ns()) for e in self._events if e.name() == _WINDOW]
         inside = [b for t, b in running if not windows or any(s <= t <= e for s, e in windows)]
         return max(inside, default=0)
 
