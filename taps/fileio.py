@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -12,13 +13,20 @@ from .errors import DiskFullError
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *,
+                 concurrent_writers: bool = False) -> Path:
     """Call ``write(fh)`` on a temporary file beside ``path``, fsync it, then rename it over
     ``path`` (rename is atomic on POSIX and Windows) and fsync the folder, so the new name
-    survives a power cut. A full disk raises :class:`DiskFullError` naming ``path``."""
+    survives a power cut. A full disk raises :class:`DiskFullError` naming ``path``.
+
+    The temporary is ``<name>.tmp``, so a writer killed half-way leaves one file that the next
+    write replaces. Where several processes or threads may write ``path`` at once (settings
+    shared by launchers), ``concurrent_writers=True`` gives each writer its own temporary: with
+    a shared one, a writer could rename away the file another is about to rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    writer = f".{os.getpid()}-{threading.get_ident()}" if concurrent_writers else ""
+    tmp = path.with_name(f"{path.name}{writer}.tmp")
     try:
         with open(tmp, "wb") as fh:
             write(fh)

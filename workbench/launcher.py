@@ -36,6 +36,8 @@ from typing import Iterable, Iterator
 
 import psutil
 
+from taps.fileio import atomic_write
+
 from .store import TERMINAL, RunStore, StoreError
 
 __all__ = ["Launcher", "LOCK_NAME", "CANCEL_FLAG", "DISAPPEARED", "visible_gpus", "device_summary"]
@@ -135,9 +137,8 @@ class Launcher:
                 raise ValueError(f"max_concurrent must be ≥ 1, got {max_concurrent!r}")
             self.max_concurrent = int(max_concurrent)
             # Workers start the next queued runs with a fresh Launcher: let them use the same limit.
-            tmp = settings.with_name(settings.name + ".tmp")
-            tmp.write_text(json.dumps({"max_concurrent": self.max_concurrent}) + "\n", encoding="utf-8")
-            os.replace(tmp, settings)
+            payload = (json.dumps({"max_concurrent": self.max_concurrent}) + "\n").encode("utf-8")
+            atomic_write(settings, lambda fh: fh.write(payload), concurrent_writers=True)
         else:
             saved = None
             try:
