@@ -26,30 +26,33 @@ class AllocationTrace:
     def __enter__(self) -> "AllocationTrace":
         self._profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         self._profile.__enter__()
-        self._events = None
+        self._running: list[tuple[int, int]] | None = None
+        self._windows: list[tuple[int, int]] = []
         return self
 
     def __exit__(self, *exc) -> None:
         self._profile.__exit__(*exc)
-        self._events = self._profile.profiler.kineto_results.events()
+        events = self._profile.profiler.kineto_results.events()
+        changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+        # (time, bytes held just after it) for every allocation and free
+        self._running = list(zip((t for t, _ in changes), itertools.accumulate(n for _, n in changes)))
+        self._windows = [(e.start_ns(), e.end_ns()) for e in events if e.name() == _WINDOW]
 
     @staticmethod
     def window():
         """Mark the part of the trace whose peak is wanted (e.g. steps after the first)."""
         return record_function(_WINDOW)
 
-    def _running_bytes(self) -> list[tuple[int, int]]:
-        if self._events is None:
+    def _finished(self) -> list[tuple[int, int]]:
+        if self._running is None:
             raise RuntimeError("the trace is read after its `with` block ends")
-        changes = sorted((e.start_ns(), e.nbytes()) for e in self._events if e.name() == "[memory]")
-        return list(zip((t for t, _ in changes), itertools.accumulate(n for _, n in changes)))
+        return self._running
 
     def peak_bytes(self) -> int:
-        running = self._running_bytes()
-        windows = [(e.start_ns(), e.end_ns()) for e in self._events if e.name() == _WINDOW]
-        inside = [b for t, b in running if not windows or any(s <= t <= e for s, e in windows)]
+        windows = self._windows
+        inside = [b for t, b in self._finished() if not windows or any(s <= t <= e for s, e in windows)]
         return max(inside, default=0)
 
     def live_bytes(self) -> int:
-        running = self._running_bytes()
+        running = self._finished()
         return running[-1][1] if running else 0
