@@ -46,6 +46,13 @@ def train_defaults() -> dict:
     return TrainConfig().to_dict()
 
 
+@st.cache_data(show_spinner=False)
+def norm_stats_choices() -> tuple[str, ...]:
+    from taps.trainer import NORM_STATS
+
+    return NORM_STATS
+
+
 def parse_lams(text: str) -> list[float]:
     """'0.1, 0.3 1' → [0.1, 0.3, 1.0]; a ValueError says which entry is wrong."""
     entries = [t for t in text.replace(",", " ").replace(";", " ").split() if t]
@@ -201,8 +208,10 @@ with right:
         eval_subset = a2.number_input("Evaluation images (0: all)", min_value=0, max_value=10**8,
                                       value=int(defaults["eval_subset"] or 0), step=500)
         seed = a1.number_input("Seed", min_value=0, max_value=2**31 - 1, value=int(defaults["seed"]))
-        norm_stats = a2.radio("BatchNorm statistics", ["frozen", "adapt"], horizontal=True,
-                              help="frozen: keep ImageNet running statistics (steadier on short runs); "
+        norm_stats = a2.radio("BatchNorm statistics", norm_stats_choices(), horizontal=True,
+                              index=norm_stats_choices().index(defaults["norm_stats"]),
+                              help="auto: frozen for pretrained weights, adapt for random ones; "
+                                   "frozen: keep the pretrained running statistics (steadier on short runs); "
                                    "adapt: follow the task's batches, as in the paper.")
         penalty_mode = a1.radio("Penalty counts", ["layers", "params"], horizontal=True,
                                 help="layers: every layer costs the same (the paper); params: a layer "

@@ -76,7 +76,7 @@ def train_lora(config, rank: int, lr: float) -> dict:
         seed_everything(config.seed * 1000 + epoch)
         loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, drop_last=True,
                             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-        set_train_mode(model, freeze_norm_stats=config.norm_stats == "frozen")
+        set_train_mode(model, freeze_norm_stats=config.freezes_norm_stats)
         for images, labels in loader:
             loss = F.cross_entropy(model(normalize(images.to(device))), labels.to(device))
             optimizer.zero_grad(set_to_none=True)

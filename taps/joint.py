@@ -170,7 +170,7 @@ def train_joint(config: TrainConfig, callbacks=(), *, should_stop: Callable[[], 
             task_losses, penalties = [], []
             for t in tasks:
                 states[t].install(model, head)
-                set_train_mode(model, freeze_norm_stats=config.norm_stats == "frozen")
+                set_train_mode(model, freeze_norm_stats=config.freezes_norm_stats)
                 images, labels = (x.to(device, non_blocking=True) for x in next(batches[t]))
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(normalize(images))

@@ -40,6 +40,7 @@ from .schedule import build_scheduler, freeze_step, lam_at, plan_stages, stage_a
 from .stats import layer_report, summarize
 
 CHECKPOINT = "checkpoint.pt"
+NORM_STATS = ("auto", "frozen", "adapt")
 PACK = "task.safetensors"
 
 
@@ -72,8 +73,10 @@ class TrainConfig:
     score_init: float = 0.15
     penalty_mode: str = "layers"
     # "frozen": BatchNorm keeps its pretrained running statistics (affine still trains) — steady
-    # on short runs and small data; "adapt": statistics follow the task's batches, as in the paper.
-    norm_stats: str = "frozen"
+    # on short runs and small data; "adapt": statistics follow the task's batches, as in the paper;
+    # "auto": frozen for pretrained weights, adapt for random ones (weights="none"), whose running
+    # statistics describe nothing.
+    norm_stats: str = "auto"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     freeze_layers: int | None = None  # manual_freeze: trainable last-k layers
@@ -157,8 +160,8 @@ class TrainConfig:
             raise ConfigError("a budget or a λ path applies to single-task TAPS runs (method 'taps', no tasks)")
         if self.budget_pct is not None and self.lam_path:
             raise ConfigError("give either a budget or a λ path, not both")
-        if self.norm_stats not in ("frozen", "adapt"):
-            raise ConfigError(f"norm_stats must be 'frozen' or 'adapt', got {self.norm_stats!r}")
+        if self.norm_stats not in NORM_STATS:
+            raise ConfigError(f"norm_stats must be one of {', '.join(NORM_STATS)}, got {self.norm_stats!r}")
         if self.penalty_mode not in ("layers", "params"):
             raise ConfigError(f"penalty_mode must be 'layers' or 'params', got {self.penalty_mode!r}")
         if self.weights not in ("auto", "package", "hub", "none"):
@@ -177,6 +180,13 @@ class TrainConfig:
             raise WeightsUnavailableError(f"checkpoint file {self.checkpoint} does not exist; "
                                           "pass the path of a local weights file, or leave it unset")
         return self
+
+    @property
+    def freezes_norm_stats(self) -> bool:
+        """Whether normalisation layers keep their running statistics ("auto" resolved)."""
+        if self.norm_stats == "auto":
+            return self.weights != "none"
+        return self.norm_stats == "frozen"
 
     def taps_config(self) -> TAPSConfig:
         return TAPSConfig(threshold=self.threshold, score_init=self.score_init, include=self.include,
@@ -461,7 +471,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, drop_last=drop_last,
                             num_workers=config.num_workers, pin_memory=pin,
                             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-        set_train_mode(model, freeze_norm_stats=config.norm_stats == "frozen")
+        set_train_mode(model, freeze_norm_stats=config.freezes_norm_stats)
         t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
         for i, (images, labels) in enumerate(loader):
             step = epoch * steps_per_epoch + i + 1
