@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 	bash scripts/install-system-deps.sh
+	$(PY) scripts/fetch_npm_data.py $(VENV)/share/taps-data
 
 app: setup
 	$(VENV)/bin/streamlit run app.py --server.address localhost

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the operating-system pieces the workbench uses offline: the Fashion-MNIST data set
-# (Debian package), and, when asked with --browser, Chromium for the browser tests.
+# (Debian package), npm (to fetch the stroke data the default hanzi task is drawn from) where it
+# is missing, and, when asked with --browser, Chromium for the browser tests.
 # Best effort: without root or apt it says what to install by hand and carries on.
 set -u
 want=(dataset-fashion-mnist)
+command -v npm >/dev/null 2>&1 || want+=(npm)
 [ "${1:-}" = "--browser" ] && want+=(chromium chromium-driver)
 
 missing=()

@@ -7,11 +7,13 @@ strokes in a 1024-unit box (y up), derived from the Arphic PL fonts via Make Me 
 image draws one character's medians with per-stroke offsets, point jitter, shear, rotation,
 scale, translation and stroke width, 4× supersampled, white on black: unlimited, Omniglot-like
 writing. Generation is seeded per (split, class), so every split is a fixed set of images, the
-splits never share an image, and changing one split's size moves no other image. The result is
-cached next to the data (``<data_root>/glyphs/``) and takes a few seconds to make once.
+splits never share an image, and changing one split's size moves no other image. Drawing the
+default task takes about half a minute on a slow 2-core CPU, once: the result is cached in
+``$TAPS_CACHE_DIR/glyphs`` (default ``~/.cache/taps/glyphs``), keyed by everything that shapes it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -19,6 +21,8 @@ import math
 import sys
 import tarfile
 from pathlib import Path
+
+import os
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -32,6 +36,10 @@ RENDER_VERSION = 1  # bump when drawing changes, so caches made by older code ar
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}  # one random stream per split: never the same image
 _BOX = 1024  # the medians' coordinate box
 _BASELINE = 900  # hanzi-writer-data's y axis points up from 900 units below the top
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TAPS_CACHE_DIR") or "~/.cache/taps").expanduser() / "glyphs"
 
 
 def tarball_locations(src: dict, data_root: Path) -> list[Path]:
@@ -53,7 +61,14 @@ def _sha256(path: Path) -> str:
 
 
 def read_medians(tarball: Path, chars: list[str], sha256: str | None = None) -> list[list]:
-    """Each character's stroke medians from the package tarball, without unpacking it."""
+    """Each character's stroke medians from the package tarball, without unpacking it (a few
+    seconds: the whole archive is scanned; kept per process, so a second split set costs nothing)."""
+    return _read_medians(str(tarball), tarball.stat().st_mtime_ns, tuple(chars), sha256)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_medians(path: str, _mtime: int, chars: tuple[str, ...], sha256: str | None) -> list[list]:
+    tarball = Path(path)
     if sha256 and _sha256(tarball) != sha256:
         raise DatasetUnavailableError(
             f"{tarball} is damaged or not the expected release (sha256 differs from the manifest's "
@@ -66,6 +81,8 @@ def read_medians(tarball: Path, chars: list[str], sha256: str | None = None) -> 
                 char = wanted.get(member.name)
                 if char is not None and member.isfile():
                     found[char] = json.loads(tar.extractfile(member).read())["medians"]
+                    if len(found) == len(wanted):
+                        break
     except (tarfile.TarError, OSError, EOFError, ValueError, KeyError) as e:
         raise DatasetUnavailableError(f"cannot read {tarball} ({type(e).__name__}: {e}); delete it "
                                       "and run `make setup` again.") from e
@@ -109,9 +126,10 @@ def render_split(all_medians: list[list], per_class: int, split: str, seed: int,
     return images, labels
 
 
-def glyph_splits(src: dict, chars: list[str], data_root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every split the source names, from the cache when it was made before with the same
-    settings, else rendered (and cached when the data root is writable)."""
+def glyph_splits(src: dict, chars: list[str], data_root: Path, cache: Path | None = None
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every split the source names, from the cache folder when they were drawn before with the
+    same settings, else drawn now (and cached when the folder is writable)."""
     tarball = find_tarball(src, data_root)
     if tarball is None:
         looked = ", ".join(map(str, tarball_locations(src, data_root)))
@@ -119,7 +137,7 @@ def glyph_splits(src: dict, chars: list[str], data_root: Path) -> dict[str, tupl
     settings = {"version": RENDER_VERSION, "package": src["package"], "release": src["version"],
                 "chars": "".join(chars), "splits": src["splits"], "seed": src["seed"], "size": src["image_size"]}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    cache = data_root / "glyphs" / f"{src['package']}-{key}.npz"
+    cache = (cache or cache_dir()) / f"{src['package']}-{key}.npz"
     if cache.is_file():
         try:
             with np.load(cache) as z:
@@ -134,6 +152,6 @@ def glyph_splits(src: dict, chars: list[str], data_root: Path) -> dict[str, tupl
         arrays = {f"{s}_{part}": a for s, (images, labels) in out.items()
                   for part, a in (("images", images), ("labels", labels))}
         atomic_write(cache, lambda fh: np.savez(fh, **arrays), concurrent_writers=True)
-    except OSError as e:  # a read-only data root: render again next time
+    except OSError as e:  # a read-only cache folder: draw again next time
         log.warning("Could not cache the rendered glyphs in %s (%s).", cache, e)
     return out
