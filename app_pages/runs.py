@@ -126,6 +126,9 @@ def live_panel(run_id: str) -> None:
         st.rerun()
     if run.get("error"):
         st.error(run["error"])
+    for epoch in epochs:
+        if epoch.get("warning"):
+            st.warning(f"Epoch {epoch['epoch'] + 1}: {epoch['warning']}")
 
     last_epoch = epochs[-1] if epochs else {}
     last_step = steps[-1] if steps else {}

@@ -11,6 +11,7 @@ events; the loop never knows who listens.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pickle
 import random
@@ -39,6 +40,8 @@ from .penalty import SparsityPenalty, penalty_weights
 from .schedule import build_scheduler, freeze_step, lam_at, plan_stages, stage_at
 from .stats import layer_report, summarize
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT = "checkpoint.pt"
 NORM_STATS = ("auto", "frozen", "adapt")
 PACK = "task.safetensors"
@@ -52,7 +55,7 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"
     weights: str = "auto"  # auto | package | hub | none
     checkpoint: str | None = None  # local pretrained weights file
-    dataset: str = "fashion-mnist"
+    dataset: str = "hanzi"
     data_root: str | None = None
     allow_download: bool = False
     resolution: int = 64
@@ -236,6 +239,7 @@ class EpochEvent:
     stage: int | None = None  # λ path: the stage this epoch belongs to
     lam: float | None = None  # the λ in force at the epoch's end (the controller's, in budget mode)
     snapshot: str | None = None  # λ path: the task pack saved at the end of a stage
+    warning: str | None = None  # something the user should know, e.g. a loss still at chance
 
 
 @dataclass
@@ -525,6 +529,10 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
             additional_params_pct=stats.additional_params_pct, active_layers=stats.active_layers,
             seconds=time.perf_counter() - t0, stage=stage.index if config.lam_path else None,
             lam=budget.lam if budget else stage.lam)
+        if epoch == 0:
+            record.warning = chance_warning(record.train_loss, len(data.classes))
+            if record.warning:
+                log.warning("%s", record.warning)
         if config.lam_path and epoch == stage.last_epoch and out:  # a frontier point: keep this stage's task
             record.snapshot = str(save_pack(
                 model, out / f"stage-{stage.index}.safetensors", class_names=list(data.classes), lam=stage.lam,
@@ -562,6 +570,16 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
 
 PATH_POINT_FIELDS = ("stage", "lam", "val_acc", "test_acc", "task_specific_layers_pct", "additional_params_pct",
                      "active_layers")
+
+
+def chance_warning(train_loss: float, num_classes: int) -> str | None:
+    """A warning when the first epoch's training loss is still within 5 % of chance (ln C, what a
+    model that has learned nothing scores), so a run that is not learning says so early."""
+    chance = math.log(num_classes)
+    if num_classes < 2 or train_loss < 0.95 * chance:
+        return None
+    return (f"training loss {train_loss:.3f} after the first epoch is still at chance (ln {num_classes} = "
+            f"{chance:.3f}): the model is not learning. Try another learning rate, norm_stats, or more epochs.")
 
 
 def pack_extra(config: TrainConfig, mean, std) -> dict:

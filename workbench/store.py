@@ -54,7 +54,7 @@ __all__ = [
     "DB_NAME", "ENV_VAR", "default_root",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "runs.sqlite"
 ENV_VAR = "TAPS_RUNS_DIR"
 BUSY_TIMEOUT_S = 10.0
@@ -172,6 +172,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE steps ADD COLUMN task_losses TEXT",
         "ALTER TABLE epochs ADD COLUMN tasks TEXT",
     ),
+    # A run's own warning about an epoch (e.g. training loss still at chance after the first).
+    3: ("ALTER TABLE epochs ADD COLUMN warning TEXT",),
 }
 
 # Public so tests and tools can EXPLAIN it: an indexed range scan of the steps' primary key.
@@ -687,10 +689,10 @@ class RunStore:
         e = int(d["epoch"])
         values = [_opt_int(d.get("epochs"))] + [_opt_float(d.get(k)) for k in _EPOCH_FIELDS[1:7]] + \
                  [_opt_int(d.get("active_layers")), _opt_float(d.get("seconds")), float(d.get("t") or now),
-                  _dumps(d["tasks"], "per-task metrics") if d.get("tasks") else None]
+                  _dumps(d["tasks"], "per-task metrics") if d.get("tasks") else None, d.get("warning")]
         with self._tx(f"recording epoch {e} of run {run_id}") as conn:
-            conn.execute(f"INSERT OR REPLACE INTO epochs (run_id, epoch, {', '.join(_EPOCH_FIELDS)}, tasks) "
-                         f"VALUES ({', '.join('?' * (len(_EPOCH_FIELDS) + 3))})", (run_id, e, *values))
+            conn.execute(f"INSERT OR REPLACE INTO epochs (run_id, epoch, {', '.join(_EPOCH_FIELDS)}, tasks, warning) "
+                         f"VALUES ({', '.join('?' * (len(_EPOCH_FIELDS) + 4))})", (run_id, e, *values))
             conn.execute("UPDATE runs SET epochs_done = MAX(epochs_done, ?), heartbeat_at = ? WHERE id = ?",
                          (e + 1, now, run_id))
 
@@ -750,7 +752,7 @@ class RunStore:
         return [r[0] for r in rows], [_decode_scores(r[1]) for r in rows]
 
     def epochs(self, run_id: str) -> list[dict]:
-        rows = self._read(f"SELECT epoch, {', '.join(_EPOCH_FIELDS)}, tasks FROM epochs WHERE run_id = ? "
+        rows = self._read(f"SELECT epoch, {', '.join(_EPOCH_FIELDS)}, tasks, warning FROM epochs WHERE run_id = ? "
                           "ORDER BY epoch", (run_id,), f"reading epochs of run {run_id}")
         out = [dict(r) for r in rows]
         for d in out:
