@@ -22,7 +22,6 @@ SPARSITY_MODES = {"λ": "λ", "budget": "a budget", "path": "λ path (frontier i
 JOINT_DEFAULT = ["fashion-mnist", "digits"]  # the two offline tasks
 OTHER_BACKBONE = "other…"
 FOLDER_DATASET = "a folder of images…"
-DEFAULT_DATASET = "fashion-mnist"
 
 
 @st.cache_data(ttl=60, show_spinner="Looking for backbones and their weights…")
@@ -99,7 +98,7 @@ with left:
     data_infos = {d["name"]: d for d in datasets()}
     data_names = list(data_infos) + [FOLDER_DATASET]
     dataset = st.selectbox(
-        "Dataset", data_names, index=data_names.index(DEFAULT_DATASET) if DEFAULT_DATASET in data_names else 0,
+        "Dataset", data_names, index=data_names.index(defaults["dataset"]) if defaults["dataset"] in data_names else 0,
         format_func=lambda n: n if n == FOLDER_DATASET else
         f"{data_infos[n]['title']} · {data_infos[n]['num_classes']} classes · "
         + ("on this machine ✓" if data_infos[n]["available"] else "not here"),

@@ -1,15 +1,18 @@
-"""Accuracy against additional parameters: TAPS over λ, the paper's baselines, and LoRA (peft).
+"""Accuracy against additional parameters: TAPS over λ and at a budget, the paper's baselines,
+and LoRA (peft).
 
-    python benchmarks/accuracy_frontier.py            # the offline default, 3 seeds (~30 min on 2 CPUs)
-    python benchmarks/accuracy_frontier.py --seeds 0  # one seed
-    python benchmarks/accuracy_frontier.py --quick    # a smoke run in seconds
+    python benchmarks/accuracy_frontier.py                          # the offline default (hanzi), 3 seeds
+    python benchmarks/accuracy_frontier.py --dataset fashion-mnist  # another task
+    python benchmarks/accuracy_frontier.py --seeds 0                # one seed
+    python benchmarks/accuracy_frontier.py --quick                  # a smoke run in seconds
 
 Every method trains the same pretrained EfficientNet-Lite0 (ImageNet weights) on the same
-Fashion-MNIST subset at the same resolution, epochs, batch and schedule (TrainConfig's defaults):
-  feature extractor, BN-only, full fine-tuning       the paper's baselines (taps.methods)
+subset at the same resolution, epochs, batch and schedule (TrainConfig's defaults):
+  --baselines (feature extractor, full fine-tuning)  the paper's baselines (taps.methods)
   TAPS λ ∈ --lams                                    learned layer selection
-  manual freeze                                      the last k layers, k matched to the budget
-                                                     TAPS reached at λ = --match-lam (paper Table 10)
+  TAPS budget --budget-pct % of layers               λ found during training (budget mode)
+  manual freeze                                      the last k layers, k = the layers the budget
+                                                     run kept (paper Table 10's comparison)
   LoRA r ∈ --ranks                                   Hugging Face peft on every 1×1 convolution
                                                      (the bulk of the weights), head and
                                                      normalisation layers trained as in TAPS
@@ -124,7 +127,7 @@ def summarize_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
-COLORS = {"taps": "#d62728", "lora": "#1f77b4", "finetune": "#2ca02c", "feature_extractor": "#7f7f7f",
+COLORS = {"taps": "#d62728", "taps_budget": "#8c564b", "lora": "#1f77b4", "finetune": "#2ca02c", "feature_extractor": "#7f7f7f",
           "bn_only": "#9467bd", "manual_freeze": "#ff7f0e"}
 
 
@@ -148,20 +151,21 @@ def frontier_plot(rows: list[dict], title: str):
 
 def main(argv=None) -> int:
     p = parser(__doc__, "32 px, 64 images, 1 epoch, one seed, λ 1, LoRA r 4")
+    p.add_argument("--dataset", default=None, help="default: TrainConfig's")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--lams", type=float, nargs="+", default=[0.3, 1.0])
-    p.add_argument("--ranks", type=int, nargs="+", default=[4, 16])
-    p.add_argument("--match-lam", type=float, default=0.3, help="manual freeze gets this λ's budget")
+    p.add_argument("--baselines", nargs="*", default=["feature_extractor", "finetune"],
+                   choices=["feature_extractor", "bn_only", "finetune"])
+    p.add_argument("--lams", type=float, nargs="+", default=[0.3, 1.0, 3.0])
+    p.add_argument("--budget-pct", type=float, default=25.0, help="budget run (% of layers); 0: none")
+    p.add_argument("--ranks", type=int, nargs="*", default=[4, 16])
     args = p.parse_args(argv)
 
     from taps.trainer import TrainConfig
 
-    base = TrainConfig()
+    base = TrainConfig(**({"dataset": args.dataset} if args.dataset else {}))
     if args.quick:
         base = replace(base, resolution=32, train_subset=64, eval_subset=64, batch_size=16, epochs=1)
-        args.seeds, args.lams, args.ranks, args.match_lam = [0], [1.0], [4], 1.0
-    if args.match_lam not in args.lams:
-        args.lams.append(args.match_lam)
+        args.seeds, args.lams, args.ranks = [0], [1.0], [4]
     runs, lora_lr = [], {}
     for seed in args.seeds:
         config = replace(base, seed=seed)
@@ -171,16 +175,15 @@ def main(argv=None) -> int:
             print(f"seed {seed}  {method:<18}{setting:<10} test {result['test_acc']:.3f}  "
                   f"+{result['additional_params_pct']:.1f}% params  {result['seconds']:.0f} s", flush=True)
 
-        for method in ("feature_extractor", "bn_only", "finetune"):
+        for method in args.baselines:
             record(method, "", train_method(replace(config, method=method)))
-        budget = None
         for lam in args.lams:
-            result = train_method(replace(config, method="taps", lam=lam))
-            record("taps", f"λ={lam:g}", result)
-            if lam == args.match_lam:
-                budget = result["additional_params_pct"]
-        record("manual_freeze", f"@λ={args.match_lam:g}",
-               train_method(replace(config, method="manual_freeze", freeze_budget_pct=budget)))
+            record("taps", f"λ={lam:g}", train_method(replace(config, method="taps", lam=lam)))
+        if args.budget_pct:
+            result = train_method(replace(config, method="taps", budget_pct=args.budget_pct))
+            record("taps_budget", f"≤{args.budget_pct:g}%", result)
+            record("manual_freeze", f"{result['active_layers']} layers",
+                   train_method(replace(config, method="manual_freeze", freeze_layers=result["active_layers"])))
         for rank in args.ranks:
             if not lora_lr:  # chosen on the first seed's validation split, with the first rank
                 tries = {lr: train_lora(config, rank, lr) for lr in (base.lr, 10 * base.lr)}

@@ -48,10 +48,11 @@ def test_launch_page_opens_on_the_offline_default(tmp_path, monkeypatch):
     at = app(tmp_path, monkeypatch)
     assert at.title[0].value == "Launch a run"
     backbone, dataset, method = at.selectbox
-    assert (backbone.value, dataset.value, method.value) == ("efficientnet_lite0", "fashion-mnist", "taps")
+    assert (backbone.value, dataset.value, method.value) == ("efficientnet_lite0", "hanzi", "taps")
     lite0 = next(o for o in backbone.options if o.startswith("efficientnet_lite0 "))
     assert "weights offline ✓" in lite0
-    assert "on this machine ✓" in next(o for o in dataset.options if o.startswith("Fashion-MNIST"))
+    assert "on this machine ✓" in next(o for o in dataset.options if o.startswith("Handwritten-style hanzi"))
+    assert "on this machine ✓" in next(o for o in dataset.options if o.startswith("Fashion-MNIST"))  # one click away
     assert _lam(at).value == "0.3"
     info = at.info[0].value
     assert "CPU (" in info and "about 36 s" in info  # the device, and the measured CPU prior (0.006 s × 6,000 images)

@@ -84,12 +84,12 @@ def test_analysis(tmp_path, monkeypatch):
     runs = store.list_runs()
     assert runs and all(r["status"] == "done" for r in runs), [(r["name"], r["status"], r["error"]) for r in runs]
     assert {r["method"] for r in runs} == {"taps", "finetune", "feature_extractor"}
-    assert {r["dataset"] for r in runs} == {"fashion-mnist", "digits"}
-    for name in ("frontier-fashion-mnist.html", "frontier-params-digits.html", "layers-efficientnet_lite0-by-task.html",
+    assert {r["dataset"] for r in runs} == {"hanzi", "fashion-mnist"}
+    for name in ("frontier-hanzi.html", "frontier-params-fashion-mnist.html", "layers-efficientnet_lite0-by-task.html",
                  "layers-efficientnet_lite0-by-lambda.html", "results.csv", "plotly.min.js"):
         assert (out_dir / name).is_file(), f"{name} not written; found {sorted(p.name for p in out_dir.iterdir())}"
     table = (out_dir / "results.csv").read_text(encoding="utf-8").splitlines()
-    assert table[0].split(",")[:3] == ["method", "digits", "fashion-mnist"] and "total params (×)" in table[0]
+    assert table[0].split(",")[:3] == ["method", "fashion-mnist", "hanzi"] and "total params (×)" in table[0]
     assert any(line.startswith("TAPS (λ=") for line in table[1:])
 
 

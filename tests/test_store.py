@@ -48,7 +48,7 @@ def test_create_get_list_roundtrip(store, tmp_path):
     run = store.get_run(b)
     assert run["id"] == b and run["name"] == "b" and run["status"] == "queued"
     assert run["method"] == "full" and run["lam"] == 0.5 and run["lr"] == 0.003
-    assert run["dataset"] == "fashion-mnist" and run["backbone"] == "efficientnet_lite0"
+    assert run["dataset"] == "hanzi" and run["backbone"] == "efficientnet_lite0"
     assert run["config"] == config(lam=0.5, method="full")  # JSON decoded
     assert run["backend"] == "local" and store.get_run(c)["backend"] == "ray"
     assert run["created_at"] == pytest.approx(time.time(), abs=5)
@@ -238,7 +238,7 @@ def test_frontier_only_finished_runs_metrics(store):
     row = rows[1]
     run = store.get_run(done)
     assert row.pop("seconds") == pytest.approx(run["finished_at"] - run["started_at"])  # the run's compute
-    assert row == dict(run_id=done, name=None, sweep="lam", method="taps", dataset="fashion-mnist",
+    assert row == dict(run_id=done, name=None, sweep="lam", method="taps", dataset="hanzi",
                        backbone="efficientnet_lite0", lam=0.5, lr=0.003, task_specific_layers_pct=24.5,
                        additional_params_pct=10.6, val_acc=0.81, test_acc=0.79, total_steps=None)
     assert [r["run_id"] for r in store.frontier(sweep="lam")] == [done]
