@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .adaptation import gated_layers
+from .gate import gate_on
 from .stats import summarize
 
 BUDGET_KINDS = ("layers", "params")
@@ -40,7 +41,7 @@ class LayerCosts:
         return 100.0 * (self.fixed + sum(n for n, on in zip(self.numel, active) if on)) / self.base
 
     def active(self, scores: list[float]) -> list[bool]:
-        return [s >= m.threshold for s, m in zip(scores, self.layers)]
+        return [gate_on(s, m.threshold) for s, m in zip(scores, self.layers)]
 
 
 class BudgetController:

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .adaptation import gated_layers
+from .gate import gate_on
 from .layers import prime_gates, set_gates_learning
 from .backbones import check_backbone, create_backbone, device_description, input_normalization, resolve_device
 from .config import TAPSConfig
@@ -410,7 +411,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         # (from the config, so a resumed run anneals the same way).
         budget = BudgetController(costs, config.budget_pct, config.budget_gain,
                                   anneal_steps=round(2 / 3 * freeze_step(stages[0], config.gate_freeze)),
-                                  start_pct=costs.cost_pct([config.score_init >= m.threshold for m in costs.layers]))
+                                  start_pct=costs.cost_pct(costs.active([config.score_init] * len(costs.layers))))
         penalty_term = SparsityPenalty(model, weights=penalty_weights(model, config.budget_kind))
     else:
         penalty_term = SparsityPenalty(model, config.penalty_mode) if config.method == "taps" else None
@@ -498,7 +499,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
                 step=step, total_steps=total_steps, epoch=epoch, loss=loss.item(),
                 task_loss=task_loss.item(), penalty=penalty.item(), lam_now=lam_now,
                 lr=optimizer.param_groups[0]["lr"], scores=scores,
-                active_layers=sum(s >= m.threshold for s, (_, m) in zip(scores, layers)),
+                active_layers=sum(gate_on(s, m.threshold) for s, (_, m) in zip(scores, layers)),
                 images_per_sec=seen / max(time.perf_counter() - t0, 1e-9)))
             if should_stop():
                 status = "cancelled"

@@ -13,10 +13,12 @@ import torch
 import taps
 import taps.trainer
 from taps.backbones import create_backbone
+from taps.budget import LayerCosts
 from taps.errors import ConfigError, UnknownBackboneError, UnknownDatasetError, WeightsUnavailableError
 from taps.trainer import CHECKPOINT, TrainConfig, train
 from test_data import _png, _truncated_jpeg
-from tests.helpers import FAST_RUN
+from taps.layers import prime_gates
+from tests.helpers import FAST_RUN, tiny_resnet
 from workbench import worker
 from workbench.launcher import Launcher
 from workbench.store import RunStore
@@ -190,3 +192,19 @@ def test_a_pickle_passed_off_as_a_task_pack_is_refused(tmp_path):
     with pytest.raises(taps.PackError, match=f"{path} is not a readable safetensors task pack"):
         taps.read_pack(path)
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------- the gate at τ
+
+def test_a_score_exactly_at_tau_is_on_in_the_layer_the_budget_and_the_trainer_alike():
+    """τ = 0.7 is 0.69999999 in float32: a score set to τ sits exactly at the threshold, where a
+    float32 and a float64 comparison disagree. Every place that decides the gate says on."""
+    model = taps.adapt(tiny_resnet(), taps.TAPSConfig(threshold=0.7, score_init=0.7))
+    layers = [m for _, m in taps.gated_layers(model)]
+    scores = torch.stack([m.score.detach() for m in layers]).tolist()  # as the trainer reads them
+    everything_on = [True] * len(layers)
+    assert [m.active for m in layers] == everything_on
+    assert LayerCosts(model, "layers").active(scores) == everything_on
+    prime_gates(layers, scores)  # the trainer's per-step read of the gates
+    assert [m.active for m in layers] == everything_on
+    assert taps.summarize(model).active_layers == len(layers)
