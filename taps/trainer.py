@@ -39,6 +39,7 @@ from .budget import BUDGET_KINDS, BudgetController, LayerCosts, project_to_budge
 from .penalty import SparsityPenalty, penalty_weights
 from .schedule import build_scheduler, freeze_step, lam_at, plan_stages, stage_at
 from .stats import layer_report, summarize
+from .tensor_checks import check_tensors
 
 CHECKPOINT = "checkpoint.pt"
 PACK = "task.safetensors"
@@ -428,6 +429,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         except (RuntimeError, EOFError, OSError) as exc:  # truncated or damaged
             raise TrainingError(f"cannot read the checkpoint {ckpt_path} ({exc}); delete it to train from "
                                 "the start") from exc
+        _check_checkpoint(ckpt, ckpt_path, model)
         if ckpt["config"] != _resume_key(config):
             raise ConfigError(f"{ckpt_path} was written by a run with different settings; "
                               "resume with the run's own configuration")
@@ -436,6 +438,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         if missing or unexpected:
             raise TrainingError(f"{ckpt_path} is not a checkpoint of this run (missing {sorted(missing)[:3]}, "
                                 f"unexpected {sorted(unexpected)[:3]})")
+        check_tensors(ckpt["model"], str(ckpt_path), TrainingError, like=model.state_dict())
         model.load_state_dict(ckpt["model"], strict=False)  # keys checked just above; the frozen base is not in it
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -572,6 +575,24 @@ def budget_step(budget: BudgetController, scores: list[float], step: int, freeze
         project_to_budget(budget.costs, budget.target_at(step), switch_on=False)
     elif step == max(freeze_at, 1):
         project_to_budget(budget.costs, budget.target)
+
+
+CHECKPOINT_FIELDS = ("config", "epoch", "model", "optimizer", "scheduler", "history", "budget_lam")
+
+
+def _check_checkpoint(ckpt, path: Path, model: nn.Module) -> None:
+    """A run checkpoint has the fields resuming reads, and its optimizer state and λ are finite
+    (the model's tensors are checked against the model once their names are known to fit)."""
+    missing = [f for f in CHECKPOINT_FIELDS if f not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_FIELDS)
+    if missing or not isinstance(ckpt["model"], dict) or not isinstance(ckpt["optimizer"], dict):
+        raise TrainingError(f"{path} is not a checkpoint of this run (missing or malformed: "
+                            f"{missing or ['model', 'optimizer']}); delete it to train from the start")
+    buffers = {f"optimizer state {i} {k}": v for i, state in dict(ckpt["optimizer"].get("state", {})).items()
+               for k, v in dict(state).items() if isinstance(v, torch.Tensor)}
+    check_tensors(buffers, str(path), TrainingError)
+    lam = ckpt["budget_lam"]
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+        raise TrainingError(f"{path}: budget_lam must be a finite number, got {lam!r}")
 
 
 def _resume_key(config: TrainConfig) -> str:

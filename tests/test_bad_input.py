@@ -2,23 +2,27 @@
 or lost: settings, datasets and image folders, task packs, and files that would unpickle code."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import pathlib
 import pickle
+import re
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import taps
 import taps.trainer
 from taps.backbones import create_backbone
 from taps.budget import LayerCosts
-from taps.errors import ConfigError, UnknownBackboneError, UnknownDatasetError, WeightsUnavailableError
+from taps.errors import (ConfigError, TrainingError, UnknownBackboneError, UnknownDatasetError,
+                         WeightsUnavailableError)
 from taps.trainer import CHECKPOINT, TrainConfig, train
 from test_data import _png, _truncated_jpeg
 from taps.layers import prime_gates
-from tests.helpers import FAST_RUN, tiny_resnet
+from tests.helpers import FAST_RUN, scramble, tiny_resnet
 from workbench import worker
 from workbench.launcher import Launcher
 from workbench.store import RunStore
@@ -208,3 +212,87 @@ def test_a_score_exactly_at_tau_is_on_in_the_layer_the_budget_and_the_trainer_al
     prime_gates(layers, scores)  # the trainer's per-step read of the gates
     assert [m.active for m in layers] == everything_on
     assert taps.summarize(model).active_layers == len(layers)
+
+
+# ------------------------------------------------------------------- tensors read from files
+
+def _saved_pack(tmp_path) -> tuple[pathlib.Path, torch.nn.Module]:
+    model = taps.adapt(tiny_resnet())
+    scramble(model)
+    return taps.save_pack(model, tmp_path / "task.safetensors", class_names=list("abcde")), model
+
+
+def _rewritten_pack(path: pathlib.Path, change) -> pathlib.Path:
+    """The pack at ``path`` with ``change(tensors, metadata)`` applied, written back in place:
+    what a damaged or hand-edited pack holds."""
+    pack = taps.read_pack(path)
+    tensors, meta = dict(pack.tensors), json.loads(json.dumps(pack.metadata))
+    change(tensors, meta)
+    save_file(tensors, str(path), metadata={"taps": json.dumps(meta)})
+    return path
+
+
+def _first_delta(tensors) -> str:
+    return next(k for k in tensors if k.startswith("delta."))
+
+
+def _nan_in_first_delta(tensors, meta):
+    name = _first_delta(tensors)
+    tensors[name] = tensors[name].clone().view(-1).index_fill_(0, torch.tensor([3]), math.nan).view_as(tensors[name])
+
+
+def _first_delta_one_column_wider(tensors, meta):
+    name = _first_delta(tensors)
+    tensors[name] = torch.zeros(*tensors[name].shape[:-1], tensors[name].shape[-1] + 1)
+
+
+@pytest.mark.parametrize("change, message", [
+    (_nan_in_first_delta, r"tensor 'delta\.layer1\.0\.conv1' holds 1 NaN or infinite value\(s\) of 36864"),
+    (_first_delta_one_column_wider,
+     r"tensor 'delta\.layer1\.0\.conv1' has shape \(64, 64, 3, 4\), expected \(64, 64, 3, 3\)"),
+], ids=["nan-in-a-delta", "delta-of-another-shape"])
+def test_a_pack_with_a_bad_tensor_is_refused_naming_the_file_and_the_tensor(tmp_path, change, message):
+    path, _ = _saved_pack(tmp_path)
+    _rewritten_pack(path, change)
+    where = re.escape(str(path))
+    with pytest.raises(taps.PackError, match=f"^{where}: {message}$"):
+        taps.read_pack(path)
+    fresh = tiny_resnet()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(taps.PackError, match=f"^{where}: {message}$"):
+        taps.load_pack(fresh, path, check_base=False)
+    assert not taps.gated_layers(fresh) and all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_a_delta_of_another_shape_names_both_shapes_even_past_the_reader(tmp_path):
+    """A TaskPack built in memory skips read_pack: the fit check itself prints the two shapes."""
+    path, model = _saved_pack(tmp_path)
+    pack = taps.read_pack(path)
+    _first_delta_one_column_wider(pack.tensors, pack.metadata)
+    with pytest.raises(taps.PackError, match=re.escape(
+            "the delta of layer 'layer1.0.conv1' has shape (64, 64, 3, 4), the layer (64, 64, 3, 3)")):
+        taps.load_pack(model, pack)
+
+
+def test_backbone_weights_with_nan_are_refused_naming_the_file_and_the_tensor(tmp_path):
+    state = create_backbone(FAST_RUN["backbone"], 10, weights="none").state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], math.inf)
+    path = tmp_path / "weights.pt"
+    torch.save(state, path)
+    with pytest.raises(WeightsUnavailableError, match=re.escape(
+            f"checkpoint {path}: tensor {name!r} holds {state[name].numel()} NaN or infinite value(s)")):
+        create_backbone(FAST_RUN["backbone"], 10, checkpoint=path)
+
+
+def test_a_run_checkpoint_with_nan_fails_the_resume_naming_the_file_and_the_tensor(tmp_path):
+    config = TrainConfig(**dict(FAST_RUN, epochs=1, out_dir=str(tmp_path / "run")))
+    train(config)
+    path = tmp_path / "run" / CHECKPOINT
+    ckpt = torch.load(path, weights_only=True)
+    name = next(k for k in ckpt["model"] if k.endswith(".delta"))
+    ckpt["model"][name] = torch.full_like(ckpt["model"][name], math.nan)
+    torch.save(ckpt, path)
+    with pytest.raises(TrainingError, match=re.escape(
+            f"{path}: tensor {name!r} holds {ckpt['model'][name].numel()} NaN or infinite value(s)")):
+        train(config, resume=True)
