@@ -174,7 +174,8 @@ class TrainConfig:
         self.validate()
         check_backbone(self.backbone)
         for dataset in self.tasks or [self.dataset]:
-            require_dataset(dataset, data_root=self.data_root, allow_download=self.allow_download)
+            require_dataset(dataset, data_root=self.data_root, allow_download=self.allow_download,
+                            train_subset=self.train_subset, val_fraction=self.val_fraction, seed=self.seed)
         if self.checkpoint is not None and not Path(self.checkpoint).expanduser().is_file():
             raise WeightsUnavailableError(f"checkpoint file {self.checkpoint} does not exist; "
                                           "pass the path of a local weights file, or leave it unset")

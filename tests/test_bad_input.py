@@ -9,6 +9,7 @@ import pathlib
 import pickle
 import re
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -17,6 +18,7 @@ import taps
 import taps.trainer
 from taps.backbones import create_backbone
 from taps.budget import LayerCosts
+from taps.data import load_dataset
 from taps.errors import (ConfigError, TrainingError, UnknownBackboneError, UnknownDatasetError,
                          WeightsUnavailableError)
 from taps.trainer import CHECKPOINT, TrainConfig, train
@@ -296,3 +298,66 @@ def test_a_run_checkpoint_with_nan_fails_the_resume_naming_the_file_and_the_tens
     with pytest.raises(TrainingError, match=re.escape(
             f"{path}: tensor {name!r} holds {ckpt['model'][name].numel()} NaN or infinite value(s)")):
         train(config, resume=True)
+
+
+# ------------------------------------------------------------------- what an image folder must be
+
+def _folder(root: pathlib.Path, images_per_class: dict[str, int]) -> pathlib.Path:
+    for c, n in images_per_class.items():
+        for i in range(n):
+            _png(root / c / f"{i}.png", "RGB")
+    return root
+
+
+def test_a_folder_with_one_class_is_refused_before_queueing(store, tmp_path):
+    root = _folder(tmp_path / "only-cats", {"cat": 6})
+    _refused_everywhere(store, dict(FAST_RUN, dataset=str(root), train_subset=None), ConfigError,
+                        re.escape("only-cats has 1 class ('cat'); a classification task needs at least two classes."))
+
+
+def test_a_class_without_an_image_in_val_or_test_is_refused_before_queueing(store, tmp_path):
+    """Two images a class: one is carved for test, one stays for train, none is left for val."""
+    root = _folder(tmp_path / "pairs", {"cat": 2, "dog": 2})
+    _refused_everywhere(store, dict(FAST_RUN, dataset=str(root), train_subset=None), ConfigError, re.escape(
+        "pairs: class(es) 'cat', 'dog' have no image in the val split; every class needs at least one image in "
+        "train, val and test (carving val and test from train takes at least 3 images a class)."))
+
+
+def test_more_training_images_than_exist_is_refused_naming_how_many_there_are(store, tmp_path):
+    root = _folder(tmp_path / "pets", {"cat": 10, "dog": 10})  # 2 test and 1 val carved a class: 14 left
+    _refused_everywhere(store, dict(FAST_RUN, dataset=str(root), train_subset=15), ConfigError, re.escape(
+        "train_subset must be ≤ 14, got 15: pets has 14 training images once val and test are carved out "
+        "(leave it unset to use them all)."))
+    _refused_everywhere(store, dict(FAST_RUN, train_subset=5000), ConfigError,
+                        re.escape("train_subset must be ≤ 1293, got 5000: digits has 1293 training images"))
+    assert len(load_dataset(root, train_subset=14).train) == 14  # the largest that can be met is accepted
+
+
+def test_a_link_back_up_in_a_class_folder_is_not_followed(tmp_path, caplog):
+    """``a/up -> ..`` used to be walked some forty levels deep: 3 + 3 images loaded as 176 / 20 / 50,
+    with class b's images counted as class a's."""
+    root = _folder(tmp_path / "ab", {"a": 3, "b": 3})
+    (root / "a" / "up").symlink_to("..")
+    with caplog.at_level(logging.WARNING, logger="taps.data"):
+        splits = load_dataset(root, resolution=16)
+    for split in (splits.train, splits.val, splits.test):
+        assert np.bincount(split.targets).tolist() == [1, 1]
+        files = [split.reader.name(int(i)) for i in split.indices]
+        assert [pathlib.Path(f).parent.name for f in files] == ["a", "b"]  # each image in its own class folder
+    assert f"{root / 'a'}: skipped 1 link(s) leading out of the class folder: {root / 'a' / 'up'}" in caplog.text
+
+
+def test_links_to_another_class_or_out_of_the_dataset_are_refused(store, tmp_path):
+    outside = _folder(tmp_path / "elsewhere", {"secrets": 3})
+    root = _folder(tmp_path / "pets", {"cat": 3, "dog": 3})
+    (root / "fox").symlink_to(root / "dog")  # a class made of another class's images
+    _refused_everywhere(store, dict(FAST_RUN, dataset=str(root), train_subset=None), ConfigError,
+                        re.escape(f"{root / 'dog'} and {root / 'fox'} are the same folder ({root / 'dog'})"))
+    (root / "fox").unlink()
+    (root / "fox").symlink_to(outside / "secrets")
+    _refused_everywhere(store, dict(FAST_RUN, dataset=str(root), train_subset=None), ConfigError, re.escape(
+        f"{root / 'fox'} is a link to {outside / 'secrets'}, outside the dataset folder {root}; "
+        "links are not followed out of the dataset folder."))
+    (root / "fox").unlink()
+    (root / "cat" / "stolen.png").symlink_to(outside / "secrets" / "0.png")  # one file, out of the dataset
+    assert np.bincount(load_dataset(root, resolution=16).train.targets).tolist() == [1, 1]
