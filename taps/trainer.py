@@ -15,7 +15,7 @@ import math
 import pickle
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -153,8 +153,10 @@ class TrainConfig:
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
                     for v in lams):
                 raise ConfigError(f"lam_path must list at least two finite λ ≥ 0, got {lams!r}")
-            if list(lams) != sorted(lams):
-                raise ConfigError(f"lam_path must increase (each stage prunes further), got {list(lams)}")
+            later = next((i for i in range(1, len(lams)) if not lams[i] > lams[i - 1]), None)
+            if later is not None:
+                raise ConfigError(f"lam_path must increase (each stage prunes further): λ #{later + 1} must be "
+                                  f"> {lams[later - 1]}, got {lams[later]}")
         if (self.budget_pct is not None or self.lam_path) and (self.method != "taps" or self.tasks):
             raise ConfigError("a budget or a λ path applies to single-task TAPS runs (method 'taps', no tasks)")
         if self.budget_pct is not None and self.lam_path:
@@ -174,8 +176,12 @@ class TrainConfig:
         self.validate()
         check_backbone(self.backbone)
         for dataset in self.tasks or [self.dataset]:
-            require_dataset(dataset, data_root=self.data_root, allow_download=self.allow_download,
-                            train_subset=self.train_subset, val_fraction=self.val_fraction, seed=self.seed)
+            manifest = require_dataset(dataset, data_root=self.data_root, allow_download=self.allow_download,
+                                       train_subset=self.train_subset, val_fraction=self.val_fraction, seed=self.seed)
+        if self.budget_pct is not None and self.budget_kind == "params":  # the floor depends on the model
+            with torch.device("meta"):  # sizes only: no weights are loaded, no memory is allocated
+                model = build_model(replace(self, weights="none", checkpoint=None), manifest["num_classes"])
+            check_budget_reachable(self, model, manifest["num_classes"])
         if self.checkpoint is not None and not Path(self.checkpoint).expanduser().is_file():
             raise WeightsUnavailableError(f"checkpoint file {self.checkpoint} does not exist; "
                                           "pass the path of a local weights file, or leave it unset")
@@ -308,6 +314,18 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
                          freeze_layers=config.freeze_layers, freeze_budget_pct=config.freeze_budget_pct)
 
 
+def check_budget_reachable(config: TrainConfig, model: nn.Module, num_classes: int) -> None:
+    """Refuse a budget below what every task of this model costs (norms and head, for a parameter
+    budget): λ would rise without bound and the run could not end within it."""
+    if config.budget_pct is None:
+        return
+    floor = LayerCosts(model, config.budget_kind).floor_pct()
+    if config.budget_pct < floor:
+        least = math.ceil(floor * 100) / 100  # the smallest budget, in hundredths, that can be met
+        raise ConfigError(f"budget_pct must be ≥ {least} for a {config.budget_kind} budget, got {config.budget_pct}: "
+                          f"norms and head of {config.backbone} with {num_classes} classes already cost {floor:.3f} %")
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with the scores in their own group: own lr, never weight decay."""
     scores = [m.score for _, m in gated_layers(model) if m.score.requires_grad]
@@ -387,7 +405,9 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
     out, device = prepare_run(config)
 
     data = load_task_data(config, config.dataset)
-    model = build_model(config, len(data.classes)).to(device)
+    model = build_model(config, len(data.classes))
+    check_budget_reachable(config, model, len(data.classes))
+    model = model.to(device)
     mean, std = input_normalization(model)
     normalize = Normalize(mean, std).to(device)
     amp_dtype = mixed_precision_dtype(device, config.amp)

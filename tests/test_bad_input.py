@@ -361,3 +361,25 @@ def test_links_to_another_class_or_out_of_the_dataset_are_refused(store, tmp_pat
     (root / "fox").unlink()
     (root / "cat" / "stolen.png").symlink_to(outside / "secrets" / "0.png")  # one file, out of the dataset
     assert np.bincount(load_dataset(root, resolution=16).train.targets).tolist() == [1, 1]
+
+
+# ------------------------------------------------------------------- targets that cannot be met
+
+@pytest.mark.parametrize("backbone, dataset, least, cost", [
+    ("efficientnet_lite0", "fashion-mnist", "2.88", "2.873"),  # the case: the floor is 2.87 %
+    ("test_resnet", "digits", "1.38", "1.376"),
+])
+def test_a_parameter_budget_below_what_norms_and_head_cost_is_refused_naming_the_least(store, monkeypatch, backbone,
+                                                                                      dataset, least, cost):
+    config = dict(FAST_RUN, backbone=backbone, dataset=dataset, budget_pct=1.0, budget_kind="params")
+    message = re.escape(f"budget_pct must be ≥ {least} for a params budget, got 1.0: norms and head of {backbone} "
+                        f"with 10 classes already cost {cost} %")
+    _refused_everywhere(store, config, ConfigError, message, sweep=False)
+    with pytest.raises(ConfigError, match=message):  # and by train itself, before a step is taken
+        train(TrainConfig(**config))
+    TrainConfig(**dict(config, budget_pct=float(least))).preflight()  # the least is accepted
+
+
+def test_a_lam_path_that_does_not_increase_is_refused_naming_the_step(store):
+    _refused_everywhere(store, dict(FAST_RUN, lam_path=[0.1, 1.0, 1.0]), ConfigError, re.escape(
+        "lam_path must increase (each stage prunes further): λ #3 must be > 1.0, got 1.0"), sweep=False)
