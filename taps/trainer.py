@@ -109,11 +109,28 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
             if integer and int(value) != value:
                 raise ConfigError(f"{name} must be a whole number, got {value!r}")
+            if integer:  # 3.0 from a JSON file or a form is 3: seeds and ranges take only ints
+                setattr(self, name, value := int(value))
             if low is not None and (value <= low if strict_low else value < low):
                 raise ConfigError(f"{name} must be {'>' if strict_low else '≥'} {low}, got {value!r}")
             if high is not None and value > high:
                 raise ConfigError(f"{name} must be ≤ {high}, got {value!r}")
 
+        def kind(name, types, what, optional=False):
+            value = getattr(self, name)
+            if not (value is None and optional) and (not isinstance(value, types) or value == ""):
+                raise ConfigError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
+
+        for name in ("backbone", "dataset", "method", "weights", "norm_stats", "penalty_mode", "budget_kind", "device"):
+            kind(name, str, "a non-empty text")
+        for name in ("checkpoint", "data_root", "out_dir"):
+            kind(name, str, "a path", optional=True)
+        for name in ("allow_download", "amp", "recompute_weights"):
+            kind(name, bool, "True or False")
+        for name in ("include", "exclude", "tasks"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"{name} must be a list of names, got {value!r}")
         number("lam", 0)
         number("lr", 0, 10, strict_low=True)
         number("score_lr", 0, 100, strict_low=True, optional=True)
@@ -130,6 +147,7 @@ class TrainConfig:
         number("threshold", -10, 10)
         number("score_init", -10, 10)
         number("num_workers", 0, 64, integer=True)
+        number("seed", 0, 2**32 - 1, integer=True)
         number("freeze_layers", 0, integer=True, optional=True)
         number("freeze_budget_pct", 0, 1000, optional=True)
         if self.method not in METHODS:
