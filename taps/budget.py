@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from .adaptation import gated_layers
-from .stats import summarize
+from .gate import gate_on
+from .stats import fixed_numel
 
 BUDGET_KINDS = ("layers", "params")
 
@@ -29,8 +30,8 @@ class LayerCosts:
         self.kind = kind
         self.layers = [m for _, m in gated_layers(model)]
         self.numel = [m.delta.numel() for m in self.layers]
-        stats = summarize(model)  # counted as the run's statistics count them
-        self.fixed, self.base = stats.norm_params + stats.head_params, stats.base_params
+        norms, head, self.base = fixed_numel(model)  # counted as the run's statistics count them
+        self.fixed = norms + head
 
     def cost_pct(self, active: list[bool]) -> float:
         """% task-specific layers, or % additional parameters (deltas, norms and head, as
@@ -39,8 +40,13 @@ class LayerCosts:
             return 100.0 * sum(active) / max(len(active), 1)
         return 100.0 * (self.fixed + sum(n for n, on in zip(self.numel, active) if on)) / self.base
 
+    def floor_pct(self) -> float:
+        """The least this task can cost: every gate off (0 % of layers; for parameters, what the
+        norms and the head alone cost, which every task pays)."""
+        return self.cost_pct([False] * len(self.layers))
+
     def active(self, scores: list[float]) -> list[bool]:
-        return [s >= m.threshold for s, m in zip(scores, self.layers)]
+        return [gate_on(s, m.threshold) for s, m in zip(scores, self.layers)]
 
 
 class BudgetController:

@@ -69,6 +69,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 SOURCE_KINDS = ("debian-idx", "sklearn", "torchvision", "imagefolder", "stroke-glyphs")
+_INDEXED_CHEAPLY = ("debian-idx", "sklearn", "imagefolder")  # checked in full before a run is queued
 TRAIN_OPS = ("random_resized_crop", "random_crop", "horizontal_flip")
 EVAL_MODES = ("resize", "center_crop")  # resize: whole image to R×R; center_crop: shorter side R/crop
 REQUIRED_FIELDS = ("name", "title", "num_classes", "sources", "splits", "input", "augment",
@@ -404,18 +405,45 @@ def _is_image_name(filename: str) -> bool:
     return os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _inside(real: str, boundary: str) -> bool:
+    """Whether the resolved path ``real`` is ``boundary`` or lies under it."""
+    return real == boundary or real.startswith(boundary.rstrip(os.sep) + os.sep)
+
+
 def _image_files(folder: Path) -> tuple[list[str], int]:
-    """Image files under folder (recursive, sorted), and how many other files were ignored."""
-    found, ignored = [], 0
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if f.startswith("."):
-                continue
-            if _is_image_name(f):
-                found.append(os.path.join(dirpath, f))
-            else:
+    """Image files under a class folder (recursive, sorted) and how many other files were ignored.
+
+    A symbolic link is followed only while it stays inside the class folder, and every real
+    folder and file is taken once: a link back up (``a/up -> ..``) would otherwise be walked
+    dozens of levels deep, counting the other classes' images as this class's. Links that lead
+    out are skipped with a warning naming them."""
+    boundary = os.path.realpath(folder)
+    found, ignored, escaped = [], 0, []
+    seen_dirs, seen_files = set(), set()
+    stack = [(str(folder), boundary)]
+    while stack:  # depth first, in name order: the order os.walk(topdown=True) gives
+        path, real = stack.pop()
+        if real in seen_dirs:
+            continue
+        seen_dirs.add(real)
+        with os.scandir(path) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        subdirs = []
+        for e in entries:
+            target = os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)
+            if not _inside(target, boundary):
+                escaped.append(e.path)
+            elif e.is_dir():
+                subdirs.append((e.path, target))
+            elif not _is_image_name(e.name):
                 ignored += 1
+            elif target not in seen_files:
+                seen_files.add(target)
+                found.append(e.path)
+        stack.extend(reversed(subdirs))
+    if escaped:
+        log.warning("%s: skipped %d link(s) leading out of the class folder: %s", folder, len(escaped),
+                    ", ".join(escaped[:3]) + (" …" if len(escaped) > 3 else ""))
     return found, ignored
 
 
@@ -424,37 +452,67 @@ def _no_images(class_folder: Path) -> ConfigError:
                        f"{', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder.")
 
 
-def _has_image(folder: Path) -> bool:
-    """Whether any image file is under ``folder``; stops at the first one (a cheap check)."""
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if any(not f.startswith(".") and _is_image_name(f) for f in filenames):
-            return True
-    return False
+def _check_own_folders(folders: list[Path], root: Path) -> None:
+    """Each of these split or class folders is a real folder of its own inside the dataset
+    folder: a link may not lead out of it, nor make two classes (or two splits) share images."""
+    boundary, owner = os.path.realpath(root), {}
+    for folder in folders:
+        real = os.path.realpath(folder)
+        if not _inside(real, boundary):
+            raise ConfigError(f"{folder} is a link to {real}, outside the dataset folder {boundary}; "
+                              "links are not followed out of the dataset folder.")
+        if real in owner:
+            raise ConfigError(f"{owner[real]} and {folder} are the same folder ({real}); "
+                              "every class needs its own folder of images.")
+        owner[real] = folder
+    for real, folder in owner.items():
+        up = real
+        while up != boundary:  # every folder above it, up to the dataset folder
+            up = os.path.dirname(up)
+            if up in owner:
+                raise ConfigError(f"{owner[up]} holds {folder} ({real}); every class needs its own "
+                                  "folder of images.")
 
 
-def _check_folder_classes(src: dict, m: dict, data_root: Path) -> None:
-    """Every class of an image folder's training split has at least one image: checked before a
-    run is queued, so it is refused at once instead of failing in its worker."""
-    layout = src.get("splits") or {"all": ""}
-    train_dir = _source_root(src, m, data_root) / layout[m["splits"]["train"]]
-    for c in _class_dirs(train_dir):
-        if not _has_image(train_dir / c):
-            raise _no_images(train_dir / c)
+def _check_folder_classes(src: dict, m: dict, data_root: Path, **split_settings) -> None:
+    """A source is indexed (for a folder, a directory walk; nothing is decoded) and split as a run
+    would split it, before the run is queued, so every refusal of ``_open_folder`` and
+    ``_check_splits`` comes at once instead of in its worker."""
+    pools, source_classes = _open_source(src, m, data_root, False)
+    _plan(m, pools, classes=_class_names(src, m, pools, source_classes), **split_settings)
+
+
+def _class_names(src: dict, m: dict, pools: dict, source_classes) -> list[str]:
+    if src["kind"] == "imagefolder":  # folder names are the truth for folders
+        classes = source_classes
+        if len(classes) != m["num_classes"]:
+            log.warning("%s: found %d class folders, the manifest says %d", m["name"], len(classes),
+                        m["num_classes"])
+    else:
+        classes = m.get("classes") or source_classes or [str(i) for i in range(m["num_classes"])]
+    top = max((int(p.labels.max()) for p in pools.values() if len(p.labels)), default=-1)
+    if top >= len(classes):
+        raise ConfigError(f"{m['name']}: label {top} found but only {len(classes)} class names.")
+    return list(classes)
 
 
 def _open_folder(root: Path, layout: dict, train_pool: str):
     """Index an image folder: classes are the train folder's sub-folders (sorted)."""
     train_dir = root / layout[train_pool]
+    _check_own_folders([root / sub for sub in layout.values()], root)
     classes = _class_dirs(train_dir)
     if not classes:
         raise ConfigError(f"{train_dir} has no class sub-folders: expected <folder>/<class>/<images>.")
-    pools, ignored = {}, 0
+    pools, ignored, class_folders = {}, 0, []
     for split, sub in layout.items():
         folder = root / sub
         unknown = sorted(set(_class_dirs(folder)) - set(classes))
         if unknown:
             raise ConfigError(f"{folder}: class folder(s) {unknown} do not exist in {train_dir}.")
+        class_folders += [folder / c for c in classes if (folder / c).is_dir()]
+    _check_own_folders(class_folders, root)
+    for split, sub in layout.items():
+        folder = root / sub
         paths, labels = [], []
         for label, c in enumerate(classes):
             files, n_other = (_image_files(folder / c) if (folder / c).is_dir() else ([], 0))
@@ -716,8 +774,9 @@ def _balanced(labels, positions, n, rng) -> np.ndarray:
     return np.sort(members[np.argsort(rank, kind="stable")[:n]])
 
 
-def _plan(m, pools, val_fraction, seed, train_subset, test_subset) -> dict[str, tuple[str, np.ndarray]]:
-    """role -> (pool name, positions in that pool)."""
+def _plan(m, pools, *, classes, val_fraction, seed, train_subset, test_subset=None
+          ) -> dict[str, tuple[str, np.ndarray]]:
+    """role -> (pool name, positions in that pool), refusing splits a run cannot use."""
     sp = m["splits"]
     train_pool = sp["train"]
     y = pools[train_pool].labels
@@ -733,6 +792,7 @@ def _plan(m, pools, val_fraction, seed, train_subset, test_subset) -> dict[str, 
         val = (train_pool, val)
     else:
         val = (sp["val"], np.arange(len(pools[sp["val"]].labels)))
+    _check_splits(m, pools, classes, {"train": (train_pool, train), "val": val, "test": test}, train_subset)
     if train_subset is not None:
         train = _balanced(y, train, train_subset, _rng(seed, _STREAM_TRAIN_SUBSET))
     if test_subset is not None:
@@ -740,6 +800,28 @@ def _plan(m, pools, val_fraction, seed, train_subset, test_subset) -> dict[str, 
         test = (test[0], _balanced(pools[test[0]].labels, test[1], test_subset,
                                    _rng(TEST_SEED, _STREAM_TEST_SUBSET)))
     return {"train": (train_pool, train), "val": val, "test": test}
+
+
+def _check_splits(m, pools, classes, plan, train_subset) -> None:
+    """What every dataset needs, checked where its splits are made (before the subsets): two
+    classes at least, each with an image in train, val and test, and as many training images
+    as ``train_subset`` asks for. Anything less trains "successfully" and means nothing."""
+    if len(classes) < 2:
+        raise ConfigError(f"{m['name']} has {len(classes)} class ({', '.join(map(repr, classes))}); a "
+                          "classification task needs at least two classes.")
+    carved = any(m["splits"][r] == "carve" for r in ("val", "test"))
+    for role, (pool, positions) in plan.items():
+        counts = np.bincount(pools[pool].labels[positions], minlength=len(classes))
+        missing = [classes[i] for i in np.flatnonzero(counts == 0)]
+        if missing:
+            hint = " (carving val and test from train takes at least 3 images a class)" if carved else ""
+            raise ConfigError(f"{m['name']}: class(es) {', '.join(map(repr, missing[:5]))} have no image in the "
+                              f"{role} split; every class needs at least one image in train, val and test{hint}.")
+    available = len(plan["train"][1])
+    if train_subset is not None and train_subset > available:
+        raise ConfigError(f"train_subset must be ≤ {available}, got {train_subset}: {m['name']} has {available} "
+                          f"training images{' once val and test are carved out' if carved else ''} "
+                          "(leave it unset to use them all).")
 
 
 # ----------------------------------------------------------------------------- public API
@@ -791,18 +873,10 @@ def load_dataset(
 
     src, download = _pick_source(m, root, allow_download)
     pools, source_classes = _open_source(src, m, root, download)
-    if src["kind"] == "imagefolder":  # folder names are the truth for folders
-        classes = source_classes
-        if len(classes) != m["num_classes"]:
-            log.warning("%s: found %d class folders, the manifest says %d", m["name"], len(classes),
-                        m["num_classes"])
-    else:
-        classes = m.get("classes") or source_classes or [str(i) for i in range(m["num_classes"])]
-    top = max((int(p.labels.max()) for p in pools.values() if len(p.labels)), default=-1)
-    if top >= len(classes):
-        raise ConfigError(f"{m['name']}: label {top} found but only {len(classes)} class names.")
+    classes = _class_names(src, m, pools, source_classes)
 
-    plan = _plan(m, pools, val_fraction, seed, train_subset, test_subset)
+    plan = _plan(m, pools, classes=classes, val_fraction=val_fraction, seed=seed, train_subset=train_subset,
+                 test_subset=test_subset)
     norm, train_ops = _Normalise(mean, std), (tuple(m["augment"]["train"]) if augment else ())
     splits = {role: _make_split(pools[pool], pool, pos, size, m["augment"],
                                 train_ops if role == "train" else (), norm, classes)
@@ -825,13 +899,16 @@ def eval_transform(name_or_path: str | os.PathLike, resolution: int | None = Non
 
 
 def require_dataset(name_or_path: str | os.PathLike, *, data_root: str | os.PathLike | None = None,
-                    allow_download: bool = False) -> dict:
-    """The manifest of a dataset that can be loaded here; else the error that says how to get it."""
+                    allow_download: bool = False, train_subset: int | None = None, val_fraction: float = 0.1,
+                    seed: int = 0) -> dict:
+    """The manifest of a dataset that can be loaded here; else the error that says how to get it.
+    Sources that index without decoding (image folders, scikit-learn, IDX files) are also split
+    as ``load_dataset`` would split them, so what it would refuse is refused now."""
     m = get_manifest(name_or_path)
     root = Path(data_root).expanduser() if data_root else default_data_root()
     src, _ = _pick_source(m, root, allow_download)
-    if src["kind"] == "imagefolder":
-        _check_folder_classes(src, m, root)
+    if src["kind"] in _INDEXED_CHEAPLY:
+        _check_folder_classes(src, m, root, val_fraction=val_fraction, seed=seed, train_subset=train_subset)
     return m
 
 

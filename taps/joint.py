@@ -34,6 +34,7 @@ from .methods import fix_gates, set_train_mode
 from .packs import NORM_FIELDS, save_pack
 from .penalty import penalty_weights, sparsity_penalty
 from .errors import TrainingError
+from .gate import gate_on
 from .stats import layer_report, summarize
 from .trainer import (EpochEvent, Normalize, StartEvent, StepEvent, TrainConfig, TrainResult, _emit, build_model,
                       eval_loader, evaluate, load_task_data, mixed_precision_dtype, prepare_run, seed_everything)
@@ -194,7 +195,7 @@ def train_joint(config: TrainConfig, callbacks=(), *, should_stop: Callable[[], 
                 step=step, total_steps=total_steps, epoch=epoch, loss=sum(task_losses) + sum(penalties),
                 task_loss=sum(task_losses), penalty=sum(penalties), lam_now=lam_now,
                 lr=optimizer.param_groups[0]["lr"], scores=all_scores,
-                active_layers=sum(s >= layers[j % len(layers)][1].threshold for j, s in enumerate(all_scores)),
+                active_layers=sum(gate_on(s, layers[j % len(layers)][1].threshold) for j, s in enumerate(all_scores)),
                 images_per_sec=seen / max(time.perf_counter() - t0, 1e-9), task_losses=task_losses))
             if should_stop():
                 status = "cancelled"

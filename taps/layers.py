@@ -16,13 +16,14 @@ from timm.layers.conv2d_same import conv2d_same
 from timm.layers.padding import pad_same
 from torch import nn
 
+from .gate import gate_on
 from .composition import PRECOMPOSED, ComposeScratch, compose_weights
 from .recompute import GatedConv2dFunction, GatedLinearFunction
 
 
 def hard_gate(score: torch.Tensor, threshold: float) -> torch.Tensor:
     """I_τ(s) with the straight-through gradient (identity), as in the paper's Algorithm 1."""
-    hard = (score >= threshold).to(score.dtype)
+    hard = gate_on(score, threshold).to(score.dtype)
     return score + (hard - score).detach()
 
 
@@ -57,14 +58,14 @@ class GatedLayer:
         cached = self.__dict__.get("_primed_gate")
         if cached is not None and cached[0] == key:
             return cached[1]
-        return bool(self.score.detach() >= self.threshold)
+        return bool(gate_on(self.score.detach(), self.threshold))
 
     def _gate_key(self) -> tuple:
         return id(self.score), self.score.data_ptr(), self.score._version, self.threshold
 
     def prime_gate(self, score_value: float) -> None:
         """Record the gate state for ``score_value``, the score's current value read in a batch."""
-        self.__dict__["_primed_gate"] = (self._gate_key(), bool(score_value >= self.threshold))
+        self.__dict__["_primed_gate"] = (self._gate_key(), gate_on(score_value, self.threshold))
 
     def composed_weight(self) -> torch.Tensor:
         """w̄ + I·δ as a new tensor, differentiable in δ and s."""

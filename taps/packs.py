@@ -26,6 +26,7 @@ from .adaptation import adapt, find_head, gated_layers, head_name, norm_layers, 
 from .config import TAPSConfig
 from .fileio import atomic_write
 from .merging import merge
+from .tensor_checks import check_tensors
 
 PACK_FORMAT = 1
 NORM_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -139,9 +140,62 @@ def read_pack(path: str | os.PathLike) -> TaskPack:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise PackError(f"{path}: corrupt task-pack metadata: {exc}") from exc
-    if meta.get("format") != PACK_FORMAT:
-        raise PackError(f"{path}: task-pack format {meta.get('format')!r} is not supported (expected {PACK_FORMAT})")
+    if not isinstance(meta, dict) or meta.get("format") != PACK_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise PackError(f"{path}: task-pack format {found!r} is not supported (expected {PACK_FORMAT})")
+    check_pack_contents(meta, tensors, str(path))
     return TaskPack(meta, tensors)
+
+
+# Metadata a pack must have, and the type of each (checked before any of it is used).
+_META_TYPES = {"layers": list, "layer_shapes": list, "norms": list, "head": str, "config": dict}
+
+
+def check_pack_contents(meta: dict, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """A pack is whole before any model sees it: its metadata has the fields and types loading
+    reads, its tensors are the ones a pack holds, shaped as its metadata says, of the right kind
+    of dtype, and finite. Raises PackError naming ``where`` and the field or tensor."""
+    for field, kind in _META_TYPES.items():
+        if not isinstance(meta.get(field), kind):
+            raise PackError(f"{where}: metadata field {field!r} must be a {kind.__name__}, "
+                            f"got {type(meta.get(field)).__name__}")
+    for field in ("extra", "metrics"):
+        if not isinstance(meta.get(field, {}), dict):
+            raise PackError(f"{where}: metadata field {field!r} must be a dict, got {type(meta[field]).__name__}")
+    layers, shapes = meta["layers"], meta["layer_shapes"]
+    if not all(isinstance(n, str) for n in layers + meta["norms"]) or len(set(layers)) != len(layers):
+        raise PackError(f"{where}: metadata 'layers' and 'norms' must list distinct layer names")
+    if len(shapes) != len(layers) or not all(
+            isinstance(sh, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in sh)
+            for sh in shapes):
+        raise PackError(f"{where}: metadata 'layer_shapes' must give one shape per layer ({len(layers)}), "
+                        f"got {len(shapes)}")
+    # Meta-device tensors: shapes and dtypes to compare with, nothing allocated.
+    like = {f"delta.{n}": torch.empty(sh, device="meta") for n, sh in zip(layers, shapes)}
+    like["scores"] = torch.empty(len(layers), device="meta")
+    unknown = sorted(k for k in tensors if k not in like and k not in ("head.weight", "head.bias")
+                     and k not in {f"norm.{f}" for f in NORM_FIELDS})
+    if unknown:
+        raise PackError(f"{where}: tensors a task pack does not hold: {unknown[:5]}")
+    for name in ("scores", "head.weight"):
+        if name not in tensors:
+            raise PackError(f"{where}: the pack has no {name!r} tensor")
+    head = tensors["head.weight"]
+    if head.ndim != 2:
+        raise PackError(f"{where}: tensor 'head.weight' must be 2-D (classes × features), has shape {tuple(head.shape)}")
+    like["head.weight"] = torch.empty(head.shape, device="meta")
+    like["head.bias"] = torch.empty(head.shape[0], device="meta")
+    for f in NORM_FIELDS:
+        t = tensors.get(f"norm.{f}")
+        if t is not None:  # one flat tensor of all norm layers; its length is checked against a model
+            like[f"norm.{f}"] = torch.empty(t.numel(), device="meta",
+                                            dtype=torch.int64 if f == "num_batches_tracked" else torch.float32)
+    check_tensors(tensors, where, PackError, like=like)
+    names = meta.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(c, str) for c in names)
+                              or len(names) != head.shape[0]):
+        count = len(names) if isinstance(names, list) else type(names).__name__
+        raise PackError(f"{where}: metadata 'class_names' must name the head's {head.shape[0]} classes, got {count}")
 
 
 @dataclass
@@ -192,8 +246,12 @@ def check_fits(base: BaseSignature, pack: TaskPack, where: str = "task pack", ch
         raise PackError(f"{prefix}: {len(meta['layers'])} gated layers in the pack, {len(names)} in the model; {detail}")
     for name, ours_shape, shape in zip(names, base.layer_shapes, meta["layer_shapes"]):
         delta = pack.tensors.get(f"delta.{name}")
-        if tuple(ours_shape) != tuple(shape) or (delta is not None and tuple(delta.shape) != tuple(shape)):
-            raise PackError(f"{prefix}: layer {name!r} has shape {tuple(ours_shape)}, the pack's {tuple(shape)}")
+        if tuple(ours_shape) != tuple(shape):
+            raise PackError(f"{prefix}: layer {name!r} has shape {tuple(ours_shape)} in the model, "
+                            f"{tuple(shape)} in the pack")
+        if delta is not None and tuple(delta.shape) != tuple(ours_shape):
+            raise PackError(f"{prefix}: the delta of layer {name!r} has shape {tuple(delta.shape)}, "
+                            f"the layer {tuple(ours_shape)}")
     unknown = set(pack.active_layers) - set(names)
     if unknown:
         raise PackError(f"{prefix}: deltas for layers the model does not have: {sorted(unknown)[:5]}")

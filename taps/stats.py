@@ -77,13 +77,20 @@ def base_numel(model: nn.Module) -> int:
     )
 
 
+def fixed_numel(model: nn.Module) -> tuple[int, int, int]:
+    """(norm, head, base) parameter counts: what every task of this model pays whichever layers
+    it makes task-specific, and the base the percentages are of. Reads no score, so it works on a
+    model on the meta device (sizes without weights)."""
+    norms = norm_state_numel(model) if getattr(getattr(model, "taps_config", None), "train_norms", True) else 0
+    head = sum(p.numel() for p in model.get_submodule(head_name(model)).parameters())
+    return norms, head, base_numel(model)
+
+
 def summarize(model: nn.Module) -> TaskStats:
     layers = [m for _, m in gated_layers(model)]
     active = [m for m in layers if m.active]
     delta = sum(m.delta.numel() for m in active)
-    norms = norm_state_numel(model) if getattr(getattr(model, "taps_config", None), "train_norms", True) else 0
-    head = sum(p.numel() for p in model.get_submodule(head_name(model)).parameters())
-    base = base_numel(model)
+    norms, head, base = fixed_numel(model)
     extra = delta + norms + head
     return TaskStats(
         gated_layers=len(layers), active_layers=len(active),

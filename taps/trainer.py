@@ -16,7 +16,7 @@ import math
 import pickle
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .adaptation import gated_layers
+from .gate import gate_on
 from .layers import prime_gates, set_gates_learning
 from .backbones import check_backbone, create_backbone, device_description, input_normalization, resolve_device
 from .config import TAPSConfig
@@ -39,6 +40,7 @@ from .budget import BUDGET_KINDS, BudgetController, LayerCosts, project_to_budge
 from .penalty import SparsityPenalty, penalty_weights
 from .schedule import build_scheduler, freeze_step, lam_at, plan_stages, stage_at
 from .stats import layer_report, summarize
+from .tensor_checks import check_tensors
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +115,28 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
             if integer and int(value) != value:
                 raise ConfigError(f"{name} must be a whole number, got {value!r}")
+            if integer:  # 3.0 from a JSON file or a form is 3: seeds and ranges take only ints
+                setattr(self, name, value := int(value))
             if low is not None and (value <= low if strict_low else value < low):
                 raise ConfigError(f"{name} must be {'>' if strict_low else '≥'} {low}, got {value!r}")
             if high is not None and value > high:
                 raise ConfigError(f"{name} must be ≤ {high}, got {value!r}")
 
+        def kind(name, types, what, optional=False):
+            value = getattr(self, name)
+            if not (value is None and optional) and (not isinstance(value, types) or value == ""):
+                raise ConfigError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
+
+        for name in ("backbone", "dataset", "method", "weights", "norm_stats", "penalty_mode", "budget_kind", "device"):
+            kind(name, str, "a non-empty text")
+        for name in ("checkpoint", "data_root", "out_dir"):
+            kind(name, str, "a path", optional=True)
+        for name in ("allow_download", "amp", "recompute_weights"):
+            kind(name, bool, "True or False")
+        for name in ("include", "exclude", "tasks"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"{name} must be a list of names, got {value!r}")
         number("lam", 0)
         number("lr", 0, 10, strict_low=True)
         number("score_lr", 0, 100, strict_low=True, optional=True)
@@ -134,6 +153,7 @@ class TrainConfig:
         number("threshold", -10, 10)
         number("score_init", -10, 10)
         number("num_workers", 0, 64, integer=True)
+        number("seed", 0, 2**32 - 1, integer=True)
         number("freeze_layers", 0, integer=True, optional=True)
         number("freeze_budget_pct", 0, 1000, optional=True)
         if self.method not in METHODS:
@@ -157,8 +177,10 @@ class TrainConfig:
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
                     for v in lams):
                 raise ConfigError(f"lam_path must list at least two finite λ ≥ 0, got {lams!r}")
-            if list(lams) != sorted(lams):
-                raise ConfigError(f"lam_path must increase (each stage prunes further), got {list(lams)}")
+            later = next((i for i in range(1, len(lams)) if not lams[i] > lams[i - 1]), None)
+            if later is not None:
+                raise ConfigError(f"lam_path must increase (each stage prunes further): λ #{later + 1} must be "
+                                  f"> {lams[later - 1]}, got {lams[later]}")
         if (self.budget_pct is not None or self.lam_path) and (self.method != "taps" or self.tasks):
             raise ConfigError("a budget or a λ path applies to single-task TAPS runs (method 'taps', no tasks)")
         if self.budget_pct is not None and self.lam_path:
@@ -178,7 +200,12 @@ class TrainConfig:
         self.validate()
         check_backbone(self.backbone)
         for dataset in self.tasks or [self.dataset]:
-            require_dataset(dataset, data_root=self.data_root, allow_download=self.allow_download)
+            manifest = require_dataset(dataset, data_root=self.data_root, allow_download=self.allow_download,
+                                       train_subset=self.train_subset, val_fraction=self.val_fraction, seed=self.seed)
+        if self.budget_pct is not None and self.budget_kind == "params":  # the floor depends on the model
+            with torch.device("meta"):  # sizes only: no weights are loaded, no memory is allocated
+                model = build_model(replace(self, weights="none", checkpoint=None), manifest["num_classes"])
+            check_budget_reachable(self, model, manifest["num_classes"])
         if self.checkpoint is not None and not Path(self.checkpoint).expanduser().is_file():
             raise WeightsUnavailableError(f"checkpoint file {self.checkpoint} does not exist; "
                                           "pass the path of a local weights file, or leave it unset")
@@ -319,6 +346,18 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
                          freeze_layers=config.freeze_layers, freeze_budget_pct=config.freeze_budget_pct)
 
 
+def check_budget_reachable(config: TrainConfig, model: nn.Module, num_classes: int) -> None:
+    """Refuse a budget below what every task of this model costs (norms and head, for a parameter
+    budget): λ would rise without bound and the run could not end within it."""
+    if config.budget_pct is None:
+        return
+    floor = LayerCosts(model, config.budget_kind).floor_pct()
+    if config.budget_pct < floor:
+        least = math.ceil(floor * 100) / 100  # the smallest budget, in hundredths, that can be met
+        raise ConfigError(f"budget_pct must be ≥ {least} for a {config.budget_kind} budget, got {config.budget_pct}: "
+                          f"norms and head of {config.backbone} with {num_classes} classes already cost {floor:.3f} %")
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with the scores in their own group: own lr, never weight decay."""
     scores = [m.score for _, m in gated_layers(model) if m.score.requires_grad]
@@ -398,7 +437,9 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
     out, device = prepare_run(config)
 
     data = load_task_data(config, config.dataset)
-    model = build_model(config, len(data.classes)).to(device)
+    model = build_model(config, len(data.classes))
+    check_budget_reachable(config, model, len(data.classes))
+    model = model.to(device)
     mean, std = input_normalization(model)
     normalize = Normalize(mean, std).to(device)
     amp_dtype = mixed_precision_dtype(device, config.amp)
@@ -424,7 +465,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         # (from the config, so a resumed run anneals the same way).
         budget = BudgetController(costs, config.budget_pct, config.budget_gain,
                                   anneal_steps=round(2 / 3 * freeze_step(stages[0], config.gate_freeze)),
-                                  start_pct=costs.cost_pct([config.score_init >= m.threshold for m in costs.layers]))
+                                  start_pct=costs.cost_pct(costs.active([config.score_init] * len(costs.layers))))
         penalty_term = SparsityPenalty(model, weights=penalty_weights(model, config.budget_kind))
     else:
         penalty_term = SparsityPenalty(model, config.penalty_mode) if config.method == "taps" else None
@@ -441,6 +482,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         except (RuntimeError, EOFError, OSError) as exc:  # truncated or damaged
             raise TrainingError(f"cannot read the checkpoint {ckpt_path} ({exc}); delete it to train from "
                                 "the start") from exc
+        _check_checkpoint(ckpt, ckpt_path, model)
         if ckpt["config"] != _resume_key(config):
             raise ConfigError(f"{ckpt_path} was written by a run with different settings; "
                               "resume with the run's own configuration")
@@ -449,6 +491,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         if missing or unexpected:
             raise TrainingError(f"{ckpt_path} is not a checkpoint of this run (missing {sorted(missing)[:3]}, "
                                 f"unexpected {sorted(unexpected)[:3]})")
+        check_tensors(ckpt["model"], str(ckpt_path), TrainingError, like=model.state_dict())
         model.load_state_dict(ckpt["model"], strict=False)  # keys checked just above; the frozen base is not in it
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -512,7 +555,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
                 step=step, total_steps=total_steps, epoch=epoch, loss=loss.item(),
                 task_loss=task_loss.item(), penalty=penalty.item(), lam_now=lam_now,
                 lr=optimizer.param_groups[0]["lr"], scores=scores,
-                active_layers=sum(s >= m.threshold for s, (_, m) in zip(scores, layers)),
+                active_layers=sum(gate_on(s, m.threshold) for s, (_, m) in zip(scores, layers)),
                 images_per_sec=seen / max(time.perf_counter() - t0, 1e-9)))
             if should_stop():
                 status = "cancelled"
@@ -599,6 +642,24 @@ def budget_step(budget: BudgetController, scores: list[float], step: int, freeze
         project_to_budget(budget.costs, budget.target_at(step), switch_on=False)
     elif step == max(freeze_at, 1):
         project_to_budget(budget.costs, budget.target)
+
+
+CHECKPOINT_FIELDS = ("config", "epoch", "model", "optimizer", "scheduler", "history", "budget_lam")
+
+
+def _check_checkpoint(ckpt, path: Path, model: nn.Module) -> None:
+    """A run checkpoint has the fields resuming reads, and its optimizer state and λ are finite
+    (the model's tensors are checked against the model once their names are known to fit)."""
+    missing = [f for f in CHECKPOINT_FIELDS if f not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_FIELDS)
+    if missing or not isinstance(ckpt["model"], dict) or not isinstance(ckpt["optimizer"], dict):
+        raise TrainingError(f"{path} is not a checkpoint of this run (missing or malformed: "
+                            f"{missing or ['model', 'optimizer']}); delete it to train from the start")
+    buffers = {f"optimizer state {i} {k}": v for i, state in dict(ckpt["optimizer"].get("state", {})).items()
+               for k, v in dict(state).items() if isinstance(v, torch.Tensor)}
+    check_tensors(buffers, str(path), TrainingError)
+    lam = ckpt["budget_lam"]
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+        raise TrainingError(f"{path}: budget_lam must be a finite number, got {lam!r}")
 
 
 def _resume_key(config: TrainConfig) -> str:

@@ -172,10 +172,12 @@ def test_the_launch_page_refuses_a_folder_outside_the_allowed_ones_and_launches_
 def test_the_launch_page_accepts_a_folder_the_user_allowed(folders, monkeypatch):
     photos = folders["outside"] / "photos"
     for c in ("cat", "dog"):
-        _png(photos / c / "1.png", "RGB")
+        for i in range(3):  # an image of each class for train, val and test
+            _png(photos / c / f"{i}.png", "RGB")
     monkeypatch.setenv(paths.DATA_ROOTS_ENV, str(folders["outside"]))
     at = _type_a_folder(app(folders["runs"], monkeypatch), photos)
     assert not at.error
+    next(n for n in at.number_input if n.label == "Training images (0: all)").set_value(0).run()
     assert f"`{folders['outside']}`" in " ".join(c.value for c in at.caption)  # the allowed folders are shown
     monkeypatch.setenv("TAPS_WORKER_STEP_DELAY", "5")  # the run is cancelled below, before it gets far
     at.button[0].click().run()

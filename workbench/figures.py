@@ -18,6 +18,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from taps.gate import gate_on
+
 __all__ = [
     "AXIS_TITLES", "KIND_COLORS", "loss_figure", "accuracy_figure", "heatmap_figure", "frontier_figure",
     "layer_patterns_figure", "pareto_front", "downsample",
@@ -111,7 +113,7 @@ def heatmap_figure(steps: Sequence[int], scores: Sequence[Sequence[float]], laye
     common = dict(x=np.asarray(steps), y=_layer_labels(layer_names), z=z,
                   hovertemplate="layer %{y}<br>step %{x}<br>score %{z:.3f}<extra></extra>")
     if mode == "gate":
-        common["z"] = (z >= threshold).astype(np.int8)
+        common["z"] = gate_on(z, threshold).astype(np.int8)
         common["hovertemplate"] = "layer %{y}<br>step %{x}<br>%{z}<extra>1: on, 0: off</extra>"
         trace = go.Heatmap(**common, zmin=0, zmax=1, colorscale=GATE_SCALE,
                            colorbar=dict(tickvals=[0.25, 0.75], ticktext=["off", "on"], len=0.5))
@@ -227,7 +229,7 @@ def layer_patterns_figure(rows: Sequence[dict], layer_names: Sequence[str], *,
     n = len(layer_names)
     kinds = list(layer_kinds) if layer_kinds else ["conv"] * n
     labels = [r["label"] for r in rows]
-    z = [[1 if s >= threshold else 0 for s in r["scores"]] for r in rows]
+    z = [[int(gate_on(s, threshold)) for s in r["scores"]] for r in rows]
     custom = [[[name, kind, s] for name, kind, s in zip(layer_names, kinds, r["scores"])] for r in rows]
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(n)), y=labels, customdata=custom, zmin=0, zmax=1, showscale=False, xgap=1, ygap=2,

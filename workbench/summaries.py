@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from taps.gate import gate_on
+
 from .store import TERMINAL, RunStore
 
 __all__ = [
@@ -150,7 +152,7 @@ def layer_report_rows(run: dict, scores: Sequence[float] | None) -> list[dict]:
     kinds = run.get("layer_kinds") or [""] * len(names)
     params = run.get("layer_params") or [None] * len(names)
     return [{**({"task": task} if task else {}), "layer": i, "name": name, "type": kind, "parameters": p,
-             "score": round(s, 4), "task-specific": s >= tau}
+             "score": round(s, 4), "task-specific": gate_on(s, tau)}
             for task, block in task_scores(run, scores)
             for i, (name, kind, p, s) in enumerate(zip(names, kinds, params, block))]
 
