@@ -19,7 +19,7 @@ METHOD_LABELS = {
     "joint": "Joint TAPS (several datasets at once, paper Eq. 4)",
 }
 SPARSITY_MODES = {"λ": "λ", "budget": "a budget", "path": "λ path (frontier in one run)"}
-JOINT_DEFAULT = ["fashion-mnist", "digits"]  # the two offline tasks
+JOINT_DEFAULT = ["hanzi", "fashion-mnist"]  # two offline tasks with the default's 2,000 training images
 OTHER_BACKBONE = "other…"
 FOLDER_DATASET = "a folder of images…"
 

@@ -10,11 +10,13 @@ events; the loop never knows who listens.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
 import pickle
 import random
+import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -520,6 +522,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
                             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         set_train_mode(model, freeze_norm_stats=config.freezes_norm_stats)
         t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
+        recent_losses = collections.deque(maxlen=max(1, steps_per_epoch // 4))
         for i, (images, labels) in enumerate(loader):
             step = epoch * steps_per_epoch + i + 1
             # Before the forward pass, so last step's gradients are freed while activations grow.
@@ -547,6 +550,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
             seen += labels.numel()
             correct += (logits.argmax(1) == labels).sum().item()
             loss_sum += task_loss.item() * labels.numel()
+            recent_losses.append(task_loss.item())
             scores = torch.stack([m.score.detach() for _, m in layers]).tolist()  # one device sync
             prime_gates([m for _, m in layers], scores)  # the next forward pass reads no score
             if budget is not None:
@@ -573,7 +577,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
             seconds=time.perf_counter() - t0, stage=stage.index if config.lam_path else None,
             lam=budget.lam if budget else stage.lam)
         if epoch == 0:
-            record.warning = chance_warning(record.train_loss, len(data.classes))
+            record.warning = chance_warning(statistics.fmean(recent_losses), len(data.classes))
             if record.warning:
                 log.warning("%s", record.warning)
         if config.lam_path and epoch == stage.last_epoch and out:  # a frontier point: keep this stage's task
@@ -615,14 +619,15 @@ PATH_POINT_FIELDS = ("stage", "lam", "val_acc", "test_acc", "task_specific_layer
                      "active_layers")
 
 
-def chance_warning(train_loss: float, num_classes: int) -> str | None:
-    """A warning when the first epoch's training loss is still within 5 % of chance (ln C, what a
-    model that has learned nothing scores), so a run that is not learning says so early."""
+def chance_warning(recent_loss: float, num_classes: int) -> str | None:
+    """A warning when the training loss at the end of the first epoch (its last quarter's steps)
+    is still within 5 % of chance (ln C, what a model that has learned nothing scores), so a run
+    that is not learning says so early."""
     chance = math.log(num_classes)
-    if num_classes < 2 or train_loss < 0.95 * chance:
+    if num_classes < 2 or recent_loss < 0.95 * chance:
         return None
-    return (f"training loss {train_loss:.3f} after the first epoch is still at chance (ln {num_classes} = "
-            f"{chance:.3f}): the model is not learning. Try another learning rate, norm_stats, or more epochs.")
+    return (f"training loss {recent_loss:.3f} at the end of the first epoch is still at chance (ln {num_classes} "
+            f"= {chance:.3f}): the model is not learning. Try another learning rate, norm_stats, or more epochs.")
 
 
 def pack_extra(config: TrainConfig, mean, std) -> dict:

@@ -314,18 +314,18 @@ def test_pages_with_two_hundred_runs(tmp_path, monkeypatch):
 def test_joint_run_from_the_form_shows_each_task(tmp_path, monkeypatch):
     at = app(tmp_path, monkeypatch)
     at.selectbox[2].set_value("joint").run()
-    assert at.multiselect[0].value == ["fashion-mnist", "digits"]
+    assert at.multiselect[0].value == ["hanzi", "fashion-mnist"]
     _tiny_form(at)
     at.button[0].click().run()
     assert_clean(at)
     store = RunStore(tmp_path)
     (run,) = store.list_runs()
-    assert run["config"]["tasks"] == ["fashion-mnist", "digits"] and run["dataset"] == "fashion-mnist + digits"
+    assert run["config"]["tasks"] == ["hanzi", "fashion-mnist"] and run["dataset"] == "hanzi + fashion-mnist"
     run_until(at, _finished, timeout=300)
     run = store.get_run(run["id"])
     loss, accuracy, *heatmaps = charts(at)
-    assert {t["name"] for t in loss["data"]} >= {"fashion-mnist", "digits"}
-    assert [h["layout"]["title"]["text"].split(": ")[-1] for h in heatmaps] == ["fashion-mnist", "digits"]
+    assert {t["name"] for t in loss["data"]} >= {"hanzi", "fashion-mnist"}
+    assert [h["layout"]["title"]["text"].split(": ")[-1] for h in heatmaps] == ["hanzi", "fashion-mnist"]
     _, matrix = store.scores_matrix(run["id"])
     for k, h in enumerate(heatmaps):
         np.testing.assert_allclose(np.asarray(trace(h, type_="heatmap")["z"]),
@@ -333,14 +333,14 @@ def test_joint_run_from_the_form_shows_each_task(tmp_path, monkeypatch):
 
     at.switch_page(FRONTIER).run()
     assert_clean(at)
-    at.selectbox[0].set_value("digits").run()
+    at.selectbox[0].set_value("fashion-mnist").run()
     (fig,) = charts(at)
     joint = trace(fig, "joint TAPS")
-    assert list(joint["y"]) == [run["metrics"]["tasks"]["digits"]["test_acc"]]
+    assert list(joint["y"]) == [run["metrics"]["tasks"]["fashion-mnist"]["test_acc"]]
 
     at.switch_page(PACKS).run()
     assert_clean(at)
     table = at.dataframe[0].value
-    assert sorted(table["dataset"]) == ["digits", "fashion-mnist"]
+    assert sorted(table["dataset"]) == ["fashion-mnist", "hanzi"]
     for _, row in table.iterrows():
         assert row["test acc"] == run["metrics"]["tasks"][row["dataset"]]["test_acc"]

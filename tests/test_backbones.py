@@ -162,11 +162,12 @@ def save(state, path):
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_checkpoint_roundtrip(tmp_path, suffix):
     source = create_backbone(SMALL, 7, weights="none").eval()
-    with torch.no_grad():  # give BN statistics non-default values so they must be loaded too
+    with torch.no_grad():  # give BN statistics and the (zero-initialised) head non-default values
         for m in source.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 1.5)
+        source.get_classifier().weight.normal_()
     path = tmp_path / f"small{suffix}"
     save(source.state_dict(), path)
 
@@ -298,3 +299,23 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="not available"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("name, weights", [("efficientnet_lite0", "auto"), (SMALL, "none"), ("tv_resnet18", "none")])
+def test_a_new_head_starts_at_zero_so_the_first_step_trains_only_the_head(name, weights):
+    """Logits 0 and loss exactly ln C at step 0, and no gradient reaches the backbone until the
+    head has learned something: a random head's gradient destroys pretrained features."""
+    model = create_backbone(name, 7, weights).train()
+    x, y = torch.rand(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    logits = model(x)
+    assert torch.equal(logits, torch.zeros(4, 7))
+    F.cross_entropy(logits, y).backward()
+    head = {id(p) for p in (model.get_classifier() if hasattr(model, "get_classifier") else model.fc).parameters()}
+    backbone_grads = [p.grad for p in model.parameters() if id(p) not in head]
+    assert all(g is None or not g.any() for g in backbone_grads)
+    assert all(p.grad.abs().sum() > 0 for p in model.parameters() if id(p) in head and p.dim() == 2)
+
+
+def test_the_pretrained_imagenet_head_is_kept_when_the_classes_are_imagenets():
+    model = create_backbone("efficientnet_lite0", 1000).eval()
+    assert model.get_classifier().weight.abs().sum() > 0

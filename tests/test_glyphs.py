@@ -26,12 +26,12 @@ def small_source(**change) -> dict:
 
 @pytest.fixture
 def small_hanzi(tmp_path, monkeypatch):
-    """The hanzi manifest cut to 10 classes and 30/10/10 drawings each, at 36 px (32 px crops)."""
+    """The hanzi manifest cut to 10 classes and 60/10/10 drawings each, at 36 px (32 px crops)."""
     text = (Path(__file__).parent.parent / "data_manifests" / "hanzi.toml").read_text()
     for pattern, replacement in ((r"num_classes = \d+", f"num_classes = {len(SMALL_CHARS)}"),
                                  (r"classes = \[[^\]]*\]", f"classes = {json.dumps(SMALL_CHARS, ensure_ascii=False)}"),
                                  (r"size = 64", "size = 32"), (r"image_size = \d+", "image_size = 36"),
-                                 (r"splits = \{[^}]*\}", "splits = { train = 30, val = 10, test = 10 }")):
+                                 (r"splits = \{[^}]*\}", "splits = { train = 60, val = 10, test = 10 }")):
         text, n = re.subn(pattern, lambda _: replacement, text, count=1)
         assert n == 1, pattern
     (tmp_path / "manifests").mkdir()
@@ -104,13 +104,41 @@ def _one_epoch(method: str, **change) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["finetune", "taps"])
 def test_finetuning_and_taps_leave_chance_within_one_epoch(small_hanzi, method):
-    epoch = _one_epoch(method)
+    epoch = _one_epoch(method)  # 37 steps
     chance = 1 / len(SMALL_CHARS)
-    assert epoch["train_loss"] < 0.9 * math.log(len(SMALL_CHARS))
-    assert epoch["test_acc"] >= 2 * chance, epoch
+    assert epoch["train_loss"] < 0.85 * math.log(len(SMALL_CHARS)), epoch
+    assert epoch["test_acc"] >= 3 * chance, epoch
     assert epoch["warning"] is None
 
 
 def test_a_loss_at_chance_after_the_first_epoch_is_reported():
-    assert chance_warning(math.log(50) * 0.99, 50).startswith("training loss 3.873 after the first epoch is still at chance")
+    assert chance_warning(math.log(50) * 0.99, 50).startswith(
+        "training loss 3.873 at the end of the first epoch is still at chance (ln 50 = 3.912)")
     assert chance_warning(math.log(50) * 0.5, 50) is None
+
+
+@pytest.mark.slow
+def test_finetuning_keeps_the_pretrained_features_alive():
+    """The failure a random head caused on this task (Lite0, frozen norm statistics): within ten
+    SGD steps 97 % of the pooled features were dead (zero) and fine-tuning stayed near chance.
+    With the zero-initialised head, about three quarters are zero, as in the pretrained model."""
+    from torch.utils.data import DataLoader
+
+    from taps.trainer import Normalize, build_model, build_optimizer, input_normalization, load_task_data
+    from taps.methods import set_train_mode
+
+    config = TrainConfig(method="finetune", train_subset=320, eval_subset=50)
+    data = load_task_data(config, config.dataset)
+    model = build_model(config, len(data.classes))
+    normalize, optimizer = Normalize(*input_normalization(model)), build_optimizer(model, config)
+    pooled = []
+    model.get_classifier().register_forward_pre_hook(lambda m, args: pooled.append(args[0].detach()))
+    set_train_mode(model, freeze_norm_stats=config.freezes_norm_stats)
+    for images, labels in DataLoader(data.train, batch_size=32, shuffle=True,
+                                     generator=torch.Generator().manual_seed(0)):
+        loss = torch.nn.functional.cross_entropy(model(normalize(images)), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    dead = [(f == 0).float().mean().item() for f in pooled]
+    assert dead[0] < 0.8 and max(dead) < 0.9, dead

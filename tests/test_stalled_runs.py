@@ -20,8 +20,8 @@ def test_a_run_that_does_not_learn_warns_after_its_first_epoch(tmp_path, caplog)
         result = train(TrainConfig(**dict(FAST_RUN, lr=1e-9)), [events, recorder])
     first, second = result.history
     assert abs(first["train_loss"] - math.log(10)) < 1e-3
-    assert first["warning"].startswith(f"training loss {first['train_loss']:.3f} after the first epoch is "
-                                       "still at chance (ln 10 = 2.303)")
+    assert first["warning"].startswith(f"training loss {first['train_loss']:.3f} at the end of the first epoch "
+                                       "is still at chance (ln 10 = 2.303)")
     assert second["warning"] is None  # said once, after the first epoch
     assert [r.getMessage() for r in caplog.records if r.name == "taps.trainer"] == [first["warning"]]
     assert [e["warning"] for e in store.epochs(run_id)] == [first["warning"], None]
@@ -30,7 +30,7 @@ def test_a_run_that_does_not_learn_warns_after_its_first_epoch(tmp_path, caplog)
 def test_the_runs_page_shows_the_warning(tmp_path, monkeypatch):
     store = RunStore(tmp_path)
     run_id = store.create_run(TrainConfig(**FAST_RUN).to_dict())
-    message = "training loss 2.301 after the first epoch is still at chance (ln 10 = 2.303): …"
+    message = "training loss 2.301 at the end of the first epoch is still at chance (ln 10 = 2.303): …"
     store.record_epoch(run_id, dict(epoch=0, epochs=2, train_loss=2.301, warning=message))
     store.record_epoch(run_id, dict(epoch=1, epochs=2, train_loss=1.5))
     store.finish(run_id, "failed", error="stopped")
