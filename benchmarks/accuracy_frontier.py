@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--baselines", nargs="*", default=["feature_extractor", "finetune"],
                    choices=["feature_extractor", "bn_only", "finetune"])
-    p.add_argument("--lams", type=float, nargs="+", default=[0.3, 1.0, 3.0])
+    p.add_argument("--lams", type=float, nargs="*", default=[0.3, 1.0, 3.0])
     p.add_argument("--budget-pct", type=float, default=25.0, help="budget run (% of layers); 0: none")
     p.add_argument("--ranks", type=int, nargs="*", default=[4, 16])
     args = p.parse_args(argv)
