@@ -71,6 +71,8 @@ class _TaskState(nn.Module):
         head = model.get_submodule(head_name(model))
         self.head = nn.Linear(head.in_features, num_classes, bias=head.bias is not None,
                               device=head.weight.device, dtype=head.weight.dtype)
+        for p in self.head.parameters():  # a new head starts at zero, as create_backbone's do
+            nn.init.zeros_(p)
 
     def install(self, model: nn.Module, head: str) -> None:
         """Put this task's tensors into the model's layers (references: nothing is copied)."""
