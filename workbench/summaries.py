@@ -237,7 +237,8 @@ def pack_rows(store: RunStore, runs: Iterable[dict]) -> list[dict]:
                          "λ": run.get("lam") if run.get("method") == "taps" else None,
                          "test acc": m.get("test_acc"), "layers": m.get("active_layers"),
                          "pack bytes": size, "full model bytes": full,
-                         "% of full": 100 * size / full if full else None, "path": str(path)})
+                         "% of full": 100 * size / full if full else None, "path": str(path),
+                         "base params": m.get("base_params")})
     return rows
 
 

@@ -1,0 +1,40 @@
+"""Issue 24, what a newcomer hit in the app: each number a page shows is the number the library
+computes, and each page opens on what the user is looking for. Stores are written through the
+store's own API (no training), so each test runs in seconds."""
+from __future__ import annotations
+
+import os
+
+import taps
+from app_testing import TINY, app
+from helpers import scramble, tiny_resnet
+from workbench.store import RunStore
+
+PACKS, PATTERNS = "app_pages/task_packs.py", "app_pages/layer_patterns.py"
+
+
+def _finished_run_with_pack(store: RunStore, off_every: int) -> tuple[str, taps.TaskStats]:
+    """A done run whose pack keeps some layers and drops the rest (every ``off_every``-th off),
+    with the trainer's metrics of that model; returns (run id, taps.summarize of the model)."""
+    model = taps.adapt(tiny_resnet())
+    scramble(model, off_every=off_every)
+    stats = taps.summarize(model)
+    run_id = store.create_run(dict(TINY, backbone="tv_resnet18", dataset="hanzi"), name=f"off every {off_every}")
+    path = taps.save_pack(model, store.run_dir(run_id) / "task.safetensors")
+    store.mark_running(run_id, os.getpid(), None, device="CPU (2 cores)")
+    store.finish(run_id, "done", metrics={**stats.to_dict(), "test_acc": 0.5})
+    store.add_artifact(run_id, "pack", path)
+    return run_id, stats
+
+
+def test_task_packs_page_counts_the_layers_the_pack_holds(tmp_path, monkeypatch):
+    store = RunStore(tmp_path)
+    run_id, stats = _finished_run_with_pack(store, off_every=3)
+    assert 0 < stats.active_layers < stats.gated_layers  # a pack that dropped some layers
+    at = app(tmp_path, monkeypatch, PACKS)
+    (row,) = at.dataframe[0].value.to_dict("records")
+    assert row["layers"] == stats.active_layers
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["task-specific layers"] == f"{stats.active_layers} of {stats.gated_layers}"
+    pack = taps.read_pack(store.artifacts(run_id, kind="pack")[0]["path"])
+    assert len(pack.active_layers) == stats.active_layers  # the deltas the pack holds
