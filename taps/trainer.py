@@ -114,20 +114,20 @@ class TrainConfig:
             if value is None and optional:
                 return
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+                raise ConfigError(f"{name} must be a finite number, got {value!r}", name)
             if integer and int(value) != value:
-                raise ConfigError(f"{name} must be a whole number, got {value!r}")
+                raise ConfigError(f"{name} must be a whole number, got {value!r}", name)
             if integer:  # 3.0 from a JSON file or a form is 3: seeds and ranges take only ints
                 setattr(self, name, value := int(value))
             if low is not None and (value <= low if strict_low else value < low):
-                raise ConfigError(f"{name} must be {'>' if strict_low else '≥'} {low}, got {value!r}")
+                raise ConfigError(f"{name} must be {'>' if strict_low else '≥'} {low}, got {value!r}", name)
             if high is not None and value > high:
-                raise ConfigError(f"{name} must be ≤ {high}, got {value!r}")
+                raise ConfigError(f"{name} must be ≤ {high}, got {value!r}", name)
 
         def kind(name, types, what, optional=False):
             value = getattr(self, name)
             if not (value is None and optional) and (not isinstance(value, types) or value == ""):
-                raise ConfigError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
+                raise ConfigError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}", name)
 
         for name in ("backbone", "dataset", "method", "weights", "norm_stats", "penalty_mode", "budget_kind", "device"):
             kind(name, str, "a non-empty text")

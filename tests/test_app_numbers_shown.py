@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 import taps
 from app_testing import TINY, app
 from helpers import scramble, tiny_resnet
@@ -38,3 +40,24 @@ def test_task_packs_page_counts_the_layers_the_pack_holds(tmp_path, monkeypatch)
     assert shown["task-specific layers"] == f"{stats.active_layers} of {stats.gated_layers}"
     pack = taps.read_pack(store.artifacts(run_id, kind="pack")[0]["path"])
     assert len(pack.active_layers) == stats.active_layers  # the deltas the pack holds
+
+
+def _column_of(at, label: str):
+    """The innermost column holding the number box labelled ``label``."""
+    return next(c for c in reversed(list(at.columns)) if any(n.label == label for n in c.number_input))
+
+
+@pytest.mark.parametrize("label, value, message", [
+    ("Resolution (px)", 1, "resolution must be ≥ 16, got 1"),
+    ("Batch size", 0, "batch_size must be ≥ 1, got 0"),
+    ("Epochs", 100_000, "epochs must be ≤ 10000, got 100000"),
+])
+def test_out_of_range_number_is_refused_next_to_its_field(tmp_path, monkeypatch, label, value, message):
+    at = app(tmp_path, monkeypatch)
+    next(n for n in at.number_input if n.label == label).set_value(value).run()
+    assert next(n for n in at.number_input if n.label == label).value == value  # kept as typed, not clamped
+    assert [e.value for e in _column_of(at, label).error] == [message]
+    at.button[0].click().run()
+    assert at.title[0].value == "Launch a run"
+    assert f"Nothing was launched. Fix first: {message}." in [e.value for e in at.error]
+    assert RunStore(tmp_path).list_runs() == []
