@@ -8,7 +8,7 @@ import streamlit as st
 
 from taps.schedule import total_epochs
 from workbench import paths, ui
-from workbench.summaries import estimate_seconds, format_duration
+from workbench.summaries import estimate_seconds, format_duration, run_to_follow
 
 METHOD_LABELS = {
     "taps": "TAPS (learn which layers to adapt)",
@@ -285,4 +285,4 @@ if st.button(label, type="primary", icon=":material/play_arrow:"):
                 result = ui.attempt(lambda: [launcher.launch(config)], "Launching the run")
         if result:
             st.session_state["launched"] = len(result)
-            ui.open_run(result[0])
+            ui.open_run(run_to_follow(launcher.list_runs(status=("running", "queued")), result))

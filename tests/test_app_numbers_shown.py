@@ -61,3 +61,19 @@ def test_out_of_range_number_is_refused_next_to_its_field(tmp_path, monkeypatch,
     assert at.title[0].value == "Launch a run"
     assert f"Nothing was launched. Fix first: {message}." in [e.value for e in at.error]
     assert RunStore(tmp_path).list_runs() == []
+
+
+def test_after_a_launch_the_runs_page_follows_the_run_that_trains(tmp_path, monkeypatch):
+    store = RunStore(tmp_path)
+    busy = store.create_run(dict(TINY), name="already training")
+    store.mark_running(busy, os.getpid(), None, device="CPU (2 cores)")  # holds the one CPU slot
+    at = app(tmp_path, monkeypatch)
+    next(t for t in at.text_input if t.label == "λ (sparsity)").set_value("0.1, 1").run()
+    at.checkbox[0].uncheck().run()  # no baselines: two runs
+    at.button[0].click().run()
+    assert at.title[0].value == "Runs"
+    assert at.success[0].value.startswith("Launched 2 runs. They train in the background as slots free up")
+    launched = [r for r in store.list_runs() if r["id"] != busy]
+    assert [r["status"] for r in launched] == ["queued", "queued"]
+    assert at.subheader[0].value == "already training :blue-badge[running]"
+    assert at.caption[0].value.startswith(f"`{busy}`")

@@ -16,7 +16,7 @@ from .store import TERMINAL, RunStore
 
 __all__ = [
     "run_rows", "RunProgress", "run_progress", "final_scores", "layer_patterns", "layer_report_rows", "task_scores",
-    "estimate_seconds", "pack_rows", "format_duration", "run_label",
+    "estimate_seconds", "pack_rows", "format_duration", "run_label", "run_to_follow", "plural",
 ]
 
 BYTES_PER_PARAM = 4  # float32 checkpoints
@@ -54,6 +54,19 @@ def run_label(run: dict) -> str:
         return f"{method} λ path {config['lam_path'][0]:g}→{config['lam_path'][-1]:g}"
     lam = run.get("lam")
     return f"{method} λ={lam:g}" if method.endswith("taps") and lam is not None else method
+
+
+def plural(n: int, word: str) -> str:
+    """'1 run', '4 runs'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def run_to_follow(active: Sequence[dict], launched: Sequence[str]) -> str:
+    """The run to show after launching ``launched``: the one of them that trains; else, when they
+    wait in the queue, the run training now (what the machine is busy with); else the first
+    launched, which the queue starts first. ``active`` are the store's queued and running runs."""
+    running = [r["id"] for r in active if r.get("status") == "running"]
+    return next((i for i in launched if i in running), running[0] if running else launched[0])
 
 
 def _progress_fraction(run: dict) -> float:
