@@ -77,3 +77,35 @@ def test_after_a_launch_the_runs_page_follows_the_run_that_trains(tmp_path, monk
     assert [r["status"] for r in launched] == ["queued", "queued"]
     assert at.subheader[0].value == "already training :blue-badge[running]"
     assert at.caption[0].value.startswith(f"`{busy}`")
+
+
+LAYERS = [f"blocks.{i}.conv" for i in range(6)]
+
+
+def _recorded_run(store: RunStore, name: str, final: list[float], *, finished: bool, sweep: str | None = None) -> str:
+    """A run with one recorded step whose gate scores are ``final``; done when ``finished``."""
+    run_id = store.create_run(dict(TINY, dataset="hanzi", threshold=0.1), name=name, sweep=sweep)
+    store.mark_running(run_id, os.getpid(), None, device="CPU (2 cores)")
+    store.record_start(run_id, {"layer_names": LAYERS, "layer_kinds": ["conv"] * len(LAYERS),
+                                "layer_params": [100] * len(LAYERS), "classes": ["a", "b"], "total_steps": 100,
+                                "train_size": 200, "val_size": 20, "test_size": 100, "config": {}, "start_epoch": 0})
+    store.record_steps(run_id, [{"step": 10, "epoch": 0, "loss": 1.0, "task_loss": 1.0, "penalty": 0.0,
+                                 "lam_now": 0.0, "lr": 0.003, "active_layers": sum(s >= 0.1 for s in final),
+                                 "images_per_sec": 100.0, "t": 1.7e9, "scores": final, "total_steps": 100}])
+    if finished:
+        store.finish(run_id, "done", metrics={"test_acc": 0.5})
+    return run_id
+
+
+def test_layer_patterns_show_finished_runs_only_and_select_a_lone_run(tmp_path, monkeypatch):
+    store = RunStore(tmp_path)
+    for lam, final in ((0.1, [0.3] * 6), (1.0, [0.3, 0.3, 0.02, 0.02, 0.02, 0.3])):
+        _recorded_run(store, f"taps λ={lam:g}", final, finished=True, sweep="older sweep")
+    lone = _recorded_run(store, "lone", [0.3, 0.02, 0.02, 0.02, 0.02, 0.3], finished=True)
+    _recorded_run(store, "still training", [0.15] * 6, finished=False)  # step 10 of 100: every layer still on
+    at = app(tmp_path, monkeypatch, PATTERNS)
+    assert [o.split(" · ")[0] for o in at.multiselect[0].options] == ["lone", "taps λ=1", "taps λ=0.1"]
+    assert at.multiselect[0].value == [lone]
+    assert at.caption[1].value == "Left out until they finish: 1 run still queued or training."
+    shown = {m.label: m.value for m in at.metric}
+    assert shown == {"layers task-specific in every chosen run": "2", "layers shared by every chosen run": "4"}
