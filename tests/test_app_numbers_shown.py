@@ -8,6 +8,7 @@ import os
 import pytest
 
 import taps
+from taps.trainer import TrainConfig
 from app_testing import TINY, app
 from helpers import scramble, tiny_resnet
 from workbench.store import RunStore
@@ -21,7 +22,7 @@ def _finished_run_with_pack(store: RunStore, off_every: int) -> tuple[str, taps.
     model = taps.adapt(tiny_resnet())
     scramble(model, off_every=off_every)
     stats = taps.summarize(model)
-    run_id = store.create_run(dict(TINY, backbone="tv_resnet18", dataset="hanzi"), name=f"off every {off_every}")
+    run_id = store.create_run(TrainConfig(**TINY, backbone="tv_resnet18").to_dict(), name=f"off every {off_every}")
     path = taps.save_pack(model, store.run_dir(run_id) / "task.safetensors")
     store.mark_running(run_id, os.getpid(), None, device="CPU (2 cores)")
     store.finish(run_id, "done", metrics={**stats.to_dict(), "test_acc": 0.5})
@@ -109,3 +110,24 @@ def test_layer_patterns_show_finished_runs_only_and_select_a_lone_run(tmp_path, 
     assert at.caption[1].value == "Left out until they finish: 1 run still queued or training."
     shown = {m.label: m.value for m in at.metric}
     assert shown == {"layers task-specific in every chosen run": "2", "layers shared by every chosen run": "4"}
+
+
+def test_a_starting_run_shows_no_device_until_its_worker_names_one(tmp_path, monkeypatch):
+    store = RunStore(tmp_path)
+    run_id = store.create_run(TrainConfig(**TINY).to_dict())  # device "auto": the worker decides
+    store.mark_running(run_id, os.getpid(), None)  # started, device not known yet
+    at = app(tmp_path, monkeypatch, "app_pages/runs.py")
+    assert at.caption[0].value == f"`{run_id}` · taps on hanzi with efficientnet_lite0"
+    store.record_start(run_id, {"device": "CPU (2 cores)", "layer_names": LAYERS, "total_steps": 10,
+                                "train_size": 200, "config": {}, "start_epoch": 0})
+    at.run()
+    assert at.caption[0].value == f"`{run_id}` · taps on hanzi with efficientnet_lite0 · CPU (2 cores)"
+
+
+def test_frontier_of_hand_picked_runs_does_not_call_them_a_sweep(tmp_path, monkeypatch):
+    store = RunStore(tmp_path)
+    _finished_run_with_pack(store, off_every=2)
+    at = app(tmp_path, monkeypatch, "app_pages/frontier.py")
+    assert at.radio[0].value == "runs I choose"  # no sweep in this store
+    compute = next(c.value for c in at.caption if c.value.startswith("Compute — "))
+    assert compute.startswith("Compute — TAPS runs: 1 point from 1 run, ")

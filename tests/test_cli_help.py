@@ -68,3 +68,18 @@ def test_progress_bar_inside_each_epoch_on_a_terminal_only():
     assert log.getvalue() == ("device CPU (2 cores) · 2 gated layers · 2 classes · train/val/test 80/8/8 · "
                               "8 steps\n" + epoch_line)
     assert bar.endswith(epoch_line)
+
+
+def test_workbench_list_shows_no_lambda_for_a_baseline(tmp_path):
+    from workbench.store import RunStore
+
+    store = RunStore(tmp_path)
+    baseline = store.create_run(TrainConfig(method="finetune").to_dict(), name="finetune")  # its config keeps λ 0.3
+    taps_run = store.create_run(TrainConfig(lam=0.1).to_dict(), name="taps")
+    proc = subprocess.run([sys.executable, "-m", "workbench", "list", "--runs-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+    header = proc.stdout.splitlines()[0].split()
+    lam = header.index("lam")
+    assert rows[baseline][lam] == "–" and rows[taps_run][lam] == "0.1"

@@ -16,7 +16,7 @@ from .store import TERMINAL, RunStore
 
 __all__ = [
     "run_rows", "RunProgress", "run_progress", "final_scores", "layer_patterns", "layer_report_rows", "task_scores",
-    "estimate_seconds", "pack_rows", "format_duration", "run_label", "run_to_follow", "plural",
+    "estimate_seconds", "pack_rows", "format_duration", "run_label", "run_lam", "run_to_follow", "plural",
 ]
 
 BYTES_PER_PARAM = 4  # float32 checkpoints
@@ -37,6 +37,12 @@ def format_duration(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def run_lam(run: dict) -> float | None:
+    """The λ a run trained with; None for a baseline, which has no penalty (its config keeps
+    the default λ all the same)."""
+    return run.get("lam") if run.get("method") == "taps" else None
 
 
 def run_label(run: dict) -> str:
@@ -84,7 +90,7 @@ def run_rows(runs: Iterable[dict]) -> list[dict]:
         rows.append({
             "id": r["id"], "name": run_label(r), "status": r["status"], "progress": _progress_fraction(r),
             "method": r.get("method"), "dataset": r.get("dataset"), "backbone": r.get("backbone"),
-            "λ": r.get("lam") if r.get("method") == "taps" else None, "lr": r.get("lr"),
+            "λ": run_lam(r), "lr": r.get("lr"),
             "test acc": m.get("test_acc"), "% task-specific layers": m.get("task_specific_layers_pct"),
             "% additional params": m.get("additional_params_pct"), "sweep": r.get("sweep"),
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
@@ -247,7 +253,7 @@ def pack_rows(store: RunStore, runs: Iterable[dict]) -> list[dict]:
             full = ((m.get("base_params") or 0) + (m.get("head_params") or 0)) * BYTES_PER_PARAM or None
             rows.append({"run_id": run["id"], "name": run_label(run), "dataset": dataset,
                          "backbone": run.get("backbone"), "method": run.get("method"),
-                         "λ": run.get("lam") if run.get("method") == "taps" else None,
+                         "λ": run_lam(run),
                          "test acc": m.get("test_acc"), "layers": m.get("active_layers"),
                          "pack bytes": size, "full model bytes": full,
                          "% of full": 100 * size / full if full else None, "path": str(path),
@@ -258,11 +264,13 @@ def pack_rows(store: RunStore, runs: Iterable[dict]) -> list[dict]:
 COMPUTE_KINDS = {"taps": "λ sweep", "taps_path": "λ path", "taps_budget": "budget runs"}
 
 
-def compute_caption(points: list[dict]) -> str:
+def compute_caption(points: list[dict], *, sweep: bool = True) -> str:
     """What each way of drawing the TAPS frontier cost: runs, steps and wall time, counting a run
-    once however many points it gives (a λ path gives one per stage)."""
+    once however many points it gives (a λ path gives one per stage). ``sweep``: the points are
+    one sweep's; hand-picked TAPS runs are "TAPS runs", not a sweep."""
     parts = []
     for method, kind in COMPUTE_KINDS.items():
+        kind = kind if sweep or method != "taps" else "TAPS runs"
         runs = {p["run_id"]: p for p in points if p.get("method") == method}
         if not runs:
             continue
