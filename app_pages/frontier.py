@@ -60,7 +60,7 @@ st.dataframe(table, hide_index=True, width="stretch",
              column_config={"λ": st.column_config.NumberColumn(format="%g"),
                             figures.AXIS_TITLES[x]: st.column_config.NumberColumn(format="%.1f"),
                             figures.AXIS_TITLES[y]: st.column_config.NumberColumn(format="%.3f")})
-st.caption(compute_caption(points))
+st.caption(compute_caption(points, sweep=source == "a sweep"))
 o1, o2 = st.columns([3, 1])
 target = o1.selectbox("Open a run", list(dict.fromkeys(p["run_id"] for p in points)), format_func=lambda i: next(
     f"{t['run']} ({i})" for t in table if t["id"] == i), label_visibility="collapsed")

@@ -8,7 +8,7 @@ import streamlit as st
 
 from taps.schedule import total_epochs
 from workbench import paths, ui
-from workbench.summaries import estimate_seconds, format_duration
+from workbench.summaries import estimate_seconds, format_duration, run_to_follow
 
 METHOD_LABELS = {
     "taps": "TAPS (learn which layers to adapt)",
@@ -50,6 +50,32 @@ def norm_stats_choices() -> tuple[str, ...]:
     from taps.trainer import NORM_STATS
 
     return NORM_STATS
+
+
+# Where each number field's message goes. The boxes have no min/max of their own: Streamlit clamps an
+# out-of-range entry silently (the box turned red, showed 1, and the old 64 px was launched), so
+# TrainConfig.validate judges every value and its message is shown under the field it names.
+field_notes: dict = {}
+
+
+def number_field(where, label: str, field: str, value, **kwargs):
+    """A number box for config ``field`` with a place under it for what validation says."""
+    entered = where.number_input(label, value=value, **kwargs)
+    field_notes[field] = where.empty()
+    return entered
+
+
+def config_problem(config: dict) -> str | None:
+    """TrainConfig.validate's message for ``config``, shown under its field; None when it is valid."""
+    from taps.errors import ConfigError
+    from taps.trainer import TrainConfig
+
+    try:
+        TrainConfig.from_dict(config).validate()
+    except ConfigError as exc:
+        field_notes.get(exc.field, st).error(str(exc))
+        return str(exc)
+    return None
 
 
 def parse_lams(text: str) -> list[float]:
@@ -151,8 +177,8 @@ with right:
                                 "stages, a task pack per stage."))
     if sparsity == "budget":
         b1, b2 = st.columns(2)
-        extra["budget_pct"] = float(b1.number_input("Budget (%)", min_value=0.5, max_value=100.0, value=25.0,
-                                                    step=5.0, help="The run ends at or under this."))
+        extra["budget_pct"] = float(number_field(b1, "Budget (%)", "budget_pct", 25.0, step=5.0,
+                                                     help="The run ends at or under this."))
         extra["budget_kind"] = b2.radio("of", ["layers", "params"], horizontal=True, format_func={
             "layers": "task-specific layers", "params": "additional parameters"}.get)
     elif sparsity == "path":
@@ -160,7 +186,7 @@ with right:
         path_text = p1.text_input("λ stages (increasing)", value="0, 0.3, 1, 3",
                                   help="Stage 1 trains the epochs below at the first λ; every later stage "
                                        "continues from it at the next λ.")
-        stage_epochs = p2.number_input("Epochs per later stage", min_value=1, max_value=1000, value=1)
+        stage_epochs = number_field(p2, "Epochs per later stage", "path_stage_epochs", 1)
         try:
             path = parse_lams(path_text)
             if len(path) < 2 or path != sorted(path):
@@ -183,30 +209,29 @@ with right:
     elif method == "manual_freeze":
         by = st.radio("Trainable layers", ["last k layers", "match a budget"], horizontal=True)
         if by == "last k layers":
-            extra["freeze_layers"] = int(st.number_input("k (trainable last layers)", 0, 10_000, 5))
+            extra["freeze_layers"] = int(number_field(st, "k (trainable last layers)", "freeze_layers", 5))
         else:
-            extra["freeze_budget_pct"] = float(st.number_input("budget (% task-specific layers)", 0.0, 100.0, 25.0))
+            extra["freeze_budget_pct"] = float(number_field(st, "budget (% task-specific layers)", "freeze_budget_pct",
+                                                           25.0))
     c1, c2 = st.columns(2)
-    lr = c1.number_input("Learning rate", min_value=0.0, max_value=10.0, value=float(defaults["lr"]),
-                         step=0.001, format="%.4f")
-    epochs = c2.number_input("Epochs", min_value=1, max_value=1000, value=int(defaults["epochs"]))
-    batch_size = c1.number_input("Batch size", min_value=1, max_value=4096, value=int(defaults["batch_size"]))
-    resolution = c2.number_input("Resolution (px)", min_value=16, max_value=1024, value=int(defaults["resolution"]),
-                                 step=16, help="64 px keeps CPU runs short; the paper trains at 224.")
-    train_subset = st.number_input("Training images (0: all)", min_value=0, max_value=10**8,
-                                   value=int(defaults["train_subset"] or 0), step=500,
-                                   help="A class-balanced subset of the training split.")
+    lr = number_field(c1, "Learning rate", "lr", float(defaults["lr"]), step=0.001, format="%.4f")
+    epochs = number_field(c2, "Epochs", "epochs", int(defaults["epochs"]))
+    batch_size = number_field(c1, "Batch size", "batch_size", int(defaults["batch_size"]))
+    resolution = number_field(c2, "Resolution (px)", "resolution", int(defaults["resolution"]), step=16,
+                              help="64 px keeps CPU runs short; the paper trains at 224.")
+    train_subset = number_field(st, "Training images (0: all)", "train_subset", int(defaults["train_subset"] or 0),
+                                step=500, help="A class-balanced subset of the training split.")
     with st.expander("Advanced"):
         a1, a2 = st.columns(2)
-        threshold = a1.number_input("Threshold τ", value=float(defaults["threshold"]), step=0.01, format="%.3f",
-                                    help="A layer is task-specific while its score is ≥ τ.")
-        score_init = a2.number_input("Score init", value=float(defaults["score_init"]), step=0.01, format="%.3f",
-                                     help="Scores start here: above τ, so every layer starts on.")
-        score_lr = a1.number_input("Score learning rate", min_value=0.0, value=float(defaults["score_lr"]),
-                                   step=0.001, format="%.4f")
-        eval_subset = a2.number_input("Evaluation images (0: all)", min_value=0, max_value=10**8,
-                                      value=int(defaults["eval_subset"] or 0), step=500)
-        seed = a1.number_input("Seed", min_value=0, max_value=2**31 - 1, value=int(defaults["seed"]))
+        threshold = number_field(a1, "Threshold τ", "threshold", float(defaults["threshold"]), step=0.01,
+                                 format="%.3f", help="A layer is task-specific while its score is ≥ τ.")
+        score_init = number_field(a2, "Score init", "score_init", float(defaults["score_init"]), step=0.01,
+                                  format="%.3f", help="Scores start here: above τ, so every layer starts on.")
+        score_lr = number_field(a1, "Score learning rate", "score_lr", float(defaults["score_lr"]), step=0.001,
+                                format="%.4f")
+        eval_subset = number_field(a2, "Evaluation images (0: all)", "eval_subset", int(defaults["eval_subset"] or 0),
+                                   step=500)
+        seed = number_field(a1, "Seed", "seed", int(defaults["seed"]))
         norm_stats = a2.radio("BatchNorm statistics", norm_stats_choices(), horizontal=True,
                               index=norm_stats_choices().index(defaults["norm_stats"]),
                               help="auto: frozen for pretrained weights, adapt for random ones; "
@@ -229,6 +254,9 @@ config = dict(defaults, backbone=backbone, dataset=tasks[0] if tasks else datase
               recompute_weights=bool(recompute_weights), **extra)
 if lams:
     config["lam"] = lams[0]
+problem = config_problem(config)
+if problem:
+    errors.append(problem)
 n_runs = (len(lams) + (2 if baselines else 0)) if method in ("taps", "joint") and len(lams) > 1 else 1
 
 # A rough time: from this store's finished runs when there are any, else a measured CPU prior.
@@ -257,4 +285,4 @@ if st.button(label, type="primary", icon=":material/play_arrow:"):
                 result = ui.attempt(lambda: [launcher.launch(config)], "Launching the run")
         if result:
             st.session_state["launched"] = len(result)
-            ui.open_run(result[0])
+            ui.open_run(run_to_follow(launcher.list_runs(status=("running", "queued")), result))

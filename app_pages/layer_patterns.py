@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from workbench import figures, ui
-from workbench.summaries import layer_patterns, run_label
+from workbench.summaries import layer_patterns, plural, run_label
 
 launcher = ui.launcher()
 store = launcher.store
@@ -13,20 +13,26 @@ st.title("Layer patterns")
 st.caption("A filled cell is a layer the run gave a task-specific delta; an empty one is shared with the "
            "pretrained base. Compare tasks, or one task across λ.")
 
-runs = [r for r in launcher.list_runs(status=("done", "running", "cancelled")) if r.get("layer_names")]
+# Only finished runs: an unfinished run's scores still start above τ (every layer on), so its row
+# would look like a final choice and empty the "shared by every run" count.
+runs = [r for r in launcher.list_runs(status="done") if r.get("layer_names")]
+unfinished = len(launcher.list_runs(status=("queued", "running")))
+if unfinished:
+    st.caption(f"Left out until they finish: {plural(unfinished, 'run')} still queued or training.")
 if not runs:
-    st.info("No run has recorded its layers yet. Launch one on the Launch page.")
+    st.info("No run has finished yet: a run's layer pattern appears here when it has. Launch one on the Launch page.")
     st.stop()
 
 backbones = list(dict.fromkeys(r["backbone"] for r in runs))
 backbone = st.selectbox("Backbone (layers are compared within one backbone)", backbones)
 candidates = [r for r in runs if r["backbone"] == backbone]
 by_id = {r["id"]: r for r in candidates}
-# Default: the newest sweep's runs ordered by λ (a pattern thinning as λ grows), else the newest runs.
-newest_sweep = next((r["sweep"] for r in candidates if r.get("sweep")), None)
-default = [r["id"] for r in sorted((r for r in candidates if r.get("sweep") == newest_sweep and newest_sweep),
-                                   key=lambda r: (r.get("method") != "taps", r.get("lam") or 0))]
-default = default or [r["id"] for r in candidates[:8]]
+# Default: the newest run; when it belongs to a sweep, that sweep's runs ordered by λ (a pattern
+# thinning as λ grows).
+newest_sweep = candidates[0].get("sweep")
+default = [r["id"] for r in sorted((r for r in candidates if r.get("sweep") == newest_sweep),
+                                   key=lambda r: (r.get("method") != "taps", r.get("lam") or 0))] \
+    if newest_sweep else [candidates[0]["id"]]
 chosen = st.multiselect("Runs", list(by_id), default=default,
                         format_func=lambda i: f"{run_label(by_id[i])} · {by_id[i]['dataset']} · {i}")
 if not chosen:

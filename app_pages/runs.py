@@ -7,7 +7,8 @@ import streamlit as st
 from workbench import figures, ui
 from workbench.launcher import LOG_NAME
 from workbench.store import STATUSES, TERMINAL
-from workbench.summaries import final_scores, layer_report_rows, run_label, run_progress, run_rows, task_scores
+from workbench.summaries import (final_scores, layer_report_rows, plural, run_label, run_progress, run_rows,
+                                 task_scores)
 
 ACTIVE = ("queued", "running")
 REFRESH_S = 1.5
@@ -21,8 +22,10 @@ store = launcher.store
 st.title("Runs")
 launched = st.session_state.pop("launched", None)
 if launched:
-    st.success(f"Launched {launched} run{'s' if launched > 1 else ''}. It trains in the background: "
-               "this page follows it live, and closing the browser does not stop it.")
+    st.success(f"Launched {plural(launched, 'run')}. " + (
+        "It trains in the background: this page follows it live, and closing the browser does not stop it."
+        if launched == 1 else "They train in the background as slots free up: this page follows the run "
+        "training now, and closing the browser stops none of them."))
 
 runs = launcher.list_runs(limit=1000)  # reaps runs whose worker vanished
 if any(r["status"] == "queued" for r in runs) and launcher.schedule():  # the queue moves even if a worker died
@@ -140,7 +143,9 @@ def live_panel(run_id: str) -> None:
                                f"{layers * len(run.get('tasks') or [0]) or '?'}")
     m4.metric("images / s", f"{last_step['images_per_sec']:.0f}" if last_step.get("images_per_sec") else "–")
 
-    if not steps:
+    if run["status"] == "queued":
+        st.info("Queued: it starts when the runs before it have finished.")
+    elif not steps:
         st.info("Waiting for the first training steps (loading data and weights)…")
     else:
         c1, c2 = st.columns(2)

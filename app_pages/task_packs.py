@@ -15,10 +15,14 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def pack_metadata(path: str, mtime: float) -> dict:
+def pack_contents(path: str, mtime: float, base_params: int) -> tuple[dict, dict]:
+    """(metadata, what the pack costs): the numbers come from ``taps.pack_stats`` on the pack
+    itself, the function the library and ``MultiTaskModel.report`` use."""
     from taps.packs import read_pack
+    from taps.stats import pack_stats
 
-    return read_pack(path).metadata
+    pack = read_pack(path)
+    return pack.metadata, pack_stats(pack, base_params).to_dict()
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the base model and applying the pack…")
@@ -57,14 +61,15 @@ chosen = st.selectbox("Pack", list(by_path),
 pack = by_path[chosen]
 path = Path(chosen)
 mtime = path.stat().st_mtime
-meta = ui.attempt(lambda: pack_metadata(str(path), mtime), "Reading the pack")
-if meta is None:
+contents = ui.attempt(lambda: pack_contents(str(path), mtime, pack["base params"] or 0), "Reading the pack")
+if contents is None:
     st.stop()
+meta, stats = contents
 
 c1, c2, c3 = st.columns(3)
 c1.metric("pack size", megabytes(pack["pack bytes"]))
 c2.metric("full fine-tuned model", megabytes(pack["full model bytes"]))
-c3.metric("task-specific layers", f"{len(meta.get('layers') or [])} of {len(meta.get('layer_shapes') or {})}")
+c3.metric("task-specific layers", f"{stats['active_layers']} of {stats['gated_layers']}")
 with open(path, "rb") as fh:
     st.download_button("Download the pack", fh.read(), file_name=f"{pack['run_id']}-{pack['dataset']}.taps.safetensors",
                        mime="application/octet-stream", icon=":material/download:")

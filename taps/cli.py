@@ -4,60 +4,81 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 import typing
+
+from tqdm import tqdm
 
 from .errors import TAPSError, exit_code_of
 from .packs import PackError
 from .trainer import EpochEvent, StartEvent, StepEvent, TrainConfig, train
 
 
+TRAIN_EXAMPLES = """examples:
+  python -m taps train                                   # the defaults: Lite0 on hanzi, λ 0.3, 3 epochs
+  python -m taps train --lam 1 --epochs 3 --out-dir runs/demo
+  python -m taps train --method finetune --dataset fashion-mnist
+  python -m taps train --budget-pct 25                   # at most 25 % task-specific layers
+  python -m taps train --lam-path 0.1 0.3 1 3 --out-dir runs/path
+  python -m taps train --dataset path/to/images          # one sub-folder per class
+  python -m taps train --out-dir runs/demo --resume      # continue a killed run
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag's help; examples printed as written."""
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (``lam`` → ``--lam``), typed from the dataclass."""
+    """One flag per TrainConfig field (``lam`` → ``--lam``), typed from the dataclass, described
+    by the field's own documentation (``metadata["help"]``) and limited to its choices."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
+        choices = f.metadata.get("choices")
         # Optional[X] → X; but list[str] is itself the type (its args are the item type).
         base = [kind] if typing.get_origin(kind) is list else \
             [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
         if base[0] is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif typing.get_origin(base[0]) is list:
             item = typing.get_args(base[0])[0]
             metavar = {"tasks": "DATASET", "lam_path": "LAM"}.get(f.name, "PATTERN")
-            parser.add_argument(flag, nargs="*", type=item, default=default, metavar=metavar)
+            parser.add_argument(flag, nargs="*", type=item, default=default, metavar=metavar, help=text)
         else:
-            parser.add_argument(flag, type=base[0], default=default)
+            parser.add_argument(flag, type=base[0], default=default, choices=choices, help=text,
+                                metavar=None if choices else f.name.upper())
 
 
 class ConsoleProgress:
-    """A progress line per step on a terminal, a line per epoch always."""
+    """A tqdm bar inside each epoch (rate, ETA, loss, active layers) on a terminal; a line per
+    epoch always. Off a terminal (a log file, a pipe) there is no bar."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream, self.tty, self.t0 = stream, stream.isatty(), time.perf_counter()
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.bar = None
 
     def on_start(self, e: StartEvent) -> None:
         print(f"device {e.device} · {len(e.layer_names)} gated layers · {len(e.classes)} classes · "
               f"train/val/test {e.train_size}/{e.val_size}/{e.test_size} · {e.total_steps} steps",
-              file=self.stream)
-        self.t0, self.first = time.perf_counter(), None
+              file=self.stream, flush=True)
+        self.steps_per_epoch = max(1, e.total_steps // (e.total_epochs or e.config.get("epochs") or 1))
 
     def on_step(self, e: StepEvent) -> None:
-        if not self.tty:
-            return
-        self.first = self.first or e.step
-        done = e.step - self.first + 1
-        eta = (time.perf_counter() - self.t0) / done * (e.total_steps - e.step)
-        bar = "#" * int(20 * e.step / e.total_steps)
-        print(f"\r[{bar:<20}] {e.step}/{e.total_steps} loss {e.loss:.3f} penalty {e.penalty:.4f} "
-              f"active {e.active_layers}/{len(e.scores)} {e.images_per_sec:.0f} img/s ETA {eta:.0f}s ",
-              end="", file=self.stream, flush=True)
+        if self.bar is None:
+            self.bar = tqdm(total=self.steps_per_epoch, initial=(e.step - 1) % self.steps_per_epoch,
+                            desc=f"epoch {e.epoch + 1}", unit="step", file=self.stream, leave=False,
+                            disable=not self.stream.isatty(), dynamic_ncols=True)
+        self.bar.set_postfix_str(f"loss {e.loss:.3f} active {e.active_layers}/{len(e.scores)}", refresh=False)
+        self.bar.update(1)
 
     def on_epoch(self, e: EpochEvent) -> None:
-        print(("\n" if self.tty else "") +
-              f"epoch {e.epoch + 1}/{e.epochs} train_loss {e.train_loss:.3f} train_acc {e.train_acc:.3f} "
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        print(f"epoch {e.epoch + 1}/{e.epochs} train_loss {e.train_loss:.3f} train_acc {e.train_acc:.3f} "
               f"val_acc {e.val_acc:.3f} test_acc {e.test_acc:.3f} task-specific layers "
               f"{e.task_specific_layers_pct:.1f}% additional params {e.additional_params_pct:.1f}% "
               f"({e.seconds:.0f}s)", file=self.stream, flush=True)
@@ -72,7 +93,9 @@ def _table(rows: list[tuple[str, object]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taps", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train one task (TAPS or a baseline)")
+    p_train = sub.add_parser("train", help="train one task (TAPS or a baseline)", formatter_class=_HelpFormatter,
+                             description="Train one task: every setting of taps.trainer.TrainConfig is a flag.",
+                             epilog=TRAIN_EXAMPLES)
     _add_config_arguments(p_train)
     p_train.add_argument("--resume", action="store_true", help="continue from out_dir's checkpoint")
     p_eval = sub.add_parser("eval", help="accuracy of a task pack on a dataset")

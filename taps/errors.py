@@ -1,4 +1,6 @@
 """Errors users see. Each message says what was wrong and what to do about it."""
+from __future__ import annotations
+
 
 
 class TAPSError(Exception):
@@ -6,7 +8,12 @@ class TAPSError(Exception):
 
 
 class ConfigError(TAPSError, ValueError):
-    """An invalid setting (λ < 0, lr ≤ 0, unknown method, absurd sizes…)."""
+    """An invalid setting (λ < 0, lr ≤ 0, unknown method, absurd sizes…). ``field`` names the
+    setting when there is one, so a form can show the message next to its field."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class UnknownBackboneError(TAPSError, KeyError):

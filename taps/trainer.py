@@ -51,61 +51,73 @@ NORM_STATS = ("auto", "frozen", "adapt")
 PACK = "task.safetensors"
 
 
+def setting(default, help: str, *, choices: tuple | None = None):
+    """A TrainConfig field with its documentation (and allowed values), which the command line's
+    --help shows: the one place a setting is described. A list default gets a fresh copy per config."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs; saved with the run. Defaults are the tested CPU defaults: see
     ``docs`` in the README ("Defaults that work on short runs")."""
 
-    backbone: str = "efficientnet_lite0"
-    weights: str = "auto"  # auto | package | hub | none
-    checkpoint: str | None = None  # local pretrained weights file
-    dataset: str = "hanzi"
-    data_root: str | None = None
-    allow_download: bool = False
-    resolution: int = 64
-    train_subset: int | None = 2000
-    eval_subset: int | None = 1000
-    val_fraction: float = 0.1
-    method: str = "taps"
-    lam: float = 0.3
-    lr: float = 0.003
-    score_lr: float | None = 0.01  # scores' own learning rate; None: same as lr
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    epochs: int = 3
-    batch_size: int = 32
-    penalty_warmup: float = 0.3  # fraction of training with the penalty ramping from 0 to λ
-    gate_freeze: float = 0.7  # fraction of training after which gates stop moving (1.0: never)
-    threshold: float = 0.1
-    score_init: float = 0.15
-    penalty_mode: str = "layers"
-    # "frozen": BatchNorm keeps its pretrained running statistics (affine still trains) — steady
-    # on short runs and small data; "adapt": statistics follow the task's batches, as in the paper;
-    # "auto": frozen for pretrained weights, adapt for random ones (weights="none"), whose running
-    # statistics describe nothing.
-    norm_stats: str = "auto"
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-    freeze_layers: int | None = None  # manual_freeze: trainable last-k layers
-    freeze_budget_pct: float | None = None  # manual_freeze: or k matched to this budget
-    # Joint multi-task training (Eq. 4) over these datasets, method taps or finetune; empty: one task.
-    tasks: list[str] = field(default_factory=list)
-    # Budget mode (method taps): end with at most this % of task-specific layers or of additional
-    # parameters (budget_kind); λ is found during training, starting from 0 (`lam` is not used).
-    budget_pct: float | None = None
-    budget_kind: str = "layers"  # layers | params
-    budget_gain: float = 0.1  # change of λ per step per 100 points over the annealed target (dual ascent)
-    # λ path (method taps): the whole frontier from one run. Stage 0 trains `epochs` at lam_path[0],
-    # each later stage `path_stage_epochs` more at the next λ, warm-started; each stage's end is
-    # snapshot as a task pack, one frontier point per stage.
-    lam_path: list[float] = field(default_factory=list)
-    path_stage_epochs: int = 1
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # mixed precision on CUDA; ignored on CPU
-    recompute_weights: bool = False  # less memory, a little more time: see TAPSConfig
-    num_workers: int = 0
-    out_dir: str | None = None  # checkpoint and task pack; None keeps nothing on disk
+    # Each field's help is its documentation: `python -m taps train --help` prints it with the default.
+    backbone: str = setting("efficientnet_lite0", "timm model name, or tv_<torchvision model>; "
+                            "`python -m taps backbones` lists those with weights offline")
+    weights: str = setting("auto", "where pretrained weights come from; none: random init",
+                           choices=("auto", "package", "hub", "none"))
+    checkpoint: str | None = setting(None, "a local pretrained weights file to start from")
+    dataset: str = setting("hanzi", "a dataset name (`python -m taps datasets`) or a folder with one sub-folder "
+                           "per class")
+    data_root: str | None = setting(None, "where datasets are looked for and cached")
+    allow_download: bool = setting(False, "fetch a dataset that is not on this machine")
+    resolution: int = setting(64, "image side in pixels; 64 keeps CPU runs short, the paper trains at 224")
+    train_subset: int | None = setting(2000, "class-balanced training images; None: all")
+    eval_subset: int | None = setting(1000, "validation and test images each; None: all")
+    val_fraction: float = setting(0.1, "share of training images carved out for validation when the dataset "
+                                  "has no validation split")
+    method: str = setting("taps", "TAPS or a baseline of the paper", choices=METHODS)
+    lam: float = setting(0.3, "λ, the sparsity penalty: the price of each task-specific layer")
+    lr: float = setting(0.003, "learning rate of SGD (momentum, cosine schedule)")
+    score_lr: float | None = setting(0.01, "the gate scores' own learning rate; None: same as lr")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(0.0, "weight decay of deltas, norms and head (never of scores)")
+    epochs: int = setting(3, "training epochs (the first stage of a λ path)")
+    batch_size: int = setting(32, "images per step (per task in joint training)")
+    penalty_warmup: float = setting(0.3, "fraction of training over which the penalty ramps from 0 to λ")
+    gate_freeze: float = setting(0.7, "fraction of training after which gates stop moving (1.0: never)")
+    threshold: float = setting(0.1, "τ: a layer is task-specific while its score is ≥ τ")
+    score_init: float = setting(0.15, "initial score of every layer; above τ, so step 0 is the pretrained model")
+    penalty_mode: str = setting("layers", "layers: every layer costs the same (Eq. 3); params: a layer costs its "
+                                "share of the parameters", choices=("layers", "params"))
+    norm_stats: str = setting("auto", "BatchNorm running statistics: frozen keeps the pretrained ones (steady on "
+                              "short runs), adapt follows the task's batches (the paper), auto is frozen for "
+                              "pretrained weights and adapt for random ones", choices=NORM_STATS)
+    include: list[str] = setting([], "fnmatch patterns of module names to gate; empty: every Conv2d and Linear")
+    exclude: list[str] = setting([], "fnmatch patterns of module names never gated")
+    freeze_layers: int | None = setting(None, "manual_freeze: how many last layers train")
+    freeze_budget_pct: float | None = setting(None, "manual_freeze: or the last layers that fit this % of layers")
+    tasks: list[str] = setting([], "joint training (Eq. 4) over these datasets, method taps or finetune; "
+                               "empty: one task")
+    budget_pct: float | None = setting(None, "budget mode: end with at most this % of task-specific layers or "
+                                       "additional parameters (--budget-kind); λ is found during training")
+    budget_kind: str = setting("layers", "what the budget counts", choices=BUDGET_KINDS)
+    budget_gain: float = setting(0.1, "change of λ per step per 100 points over the annealed target "
+                                 "(dual ascent)")
+    lam_path: list[float] = setting([], "λ path: the frontier from one run; stage 0 trains --epochs at the first "
+                                    "λ, each later stage --path-stage-epochs more at the next, one task pack each")
+    path_stage_epochs: int = setting(1, "epochs of each later stage of a λ path")
+    seed: int = setting(0, "seed of data order, subsets, augmentation and initialisation")
+    device: str = setting("auto", "cpu, cuda, cuda:1, mps…; auto: CUDA, then MPS, then CPU")
+    amp: bool = setting(True, "mixed precision on CUDA; ignored on CPU")
+    recompute_weights: bool = setting(False, "compose w̄ + δ again in the backward pass: one weight-sized copy "
+                                      "less in memory, a few % more time, same gradients")
+    num_workers: int = setting(0, "data loader worker processes")
+    out_dir: str | None = setting(None, "folder for the checkpoint and task pack; unset keeps nothing on disk")
 
     def validate(self) -> "TrainConfig":
         """Refuse bad settings before anything is allocated, with a message saying which."""
@@ -114,20 +126,20 @@ class TrainConfig:
             if value is None and optional:
                 return
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+                raise ConfigError(f"{name} must be a finite number, got {value!r}", name)
             if integer and int(value) != value:
-                raise ConfigError(f"{name} must be a whole number, got {value!r}")
+                raise ConfigError(f"{name} must be a whole number, got {value!r}", name)
             if integer:  # 3.0 from a JSON file or a form is 3: seeds and ranges take only ints
                 setattr(self, name, value := int(value))
             if low is not None and (value <= low if strict_low else value < low):
-                raise ConfigError(f"{name} must be {'>' if strict_low else '≥'} {low}, got {value!r}")
+                raise ConfigError(f"{name} must be {'>' if strict_low else '≥'} {low}, got {value!r}", name)
             if high is not None and value > high:
-                raise ConfigError(f"{name} must be ≤ {high}, got {value!r}")
+                raise ConfigError(f"{name} must be ≤ {high}, got {value!r}", name)
 
         def kind(name, types, what, optional=False):
             value = getattr(self, name)
             if not (value is None and optional) and (not isinstance(value, types) or value == ""):
-                raise ConfigError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
+                raise ConfigError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}", name)
 
         for name in ("backbone", "dataset", "method", "weights", "norm_stats", "penalty_mode", "budget_kind", "device"):
             kind(name, str, "a non-empty text")

@@ -99,6 +99,9 @@ def _layer_labels(layer_names: Sequence[str]) -> list[str]:
     return [f"{i} · {name}" for i, name in enumerate(layer_names)]
 
 
+SCORE_RANGE_PERCENTILE = 95
+
+
 def heatmap_figure(steps: Sequence[int], scores: Sequence[Sequence[float]], layer_names: Sequence[str], *,
                    threshold: float = 0.1, mode: str = "score", title: str | None = "Active layers",
                    height: int | None = None) -> go.Figure:
@@ -118,12 +121,14 @@ def heatmap_figure(steps: Sequence[int], scores: Sequence[Sequence[float]], laye
         trace = go.Heatmap(**common, zmin=0, zmax=1, colorscale=GATE_SCALE,
                            colorbar=dict(tickvals=[0.25, 0.75], ticktext=["off", "on"], len=0.5))
     else:
-        span = max(0.05, float(np.abs(z - threshold).max()) if z.size else 0.05)
+        # Centred on τ; the range covers the scores that occur (95th percentile of their distance
+        # to τ), not the farthest one: a single outlier used to wash every other cell out to white.
+        span = max(0.02, float(np.percentile(np.abs(z - threshold), SCORE_RANGE_PERCENTILE)) if z.size else 0.05)
         trace = go.Heatmap(**common, colorscale="RdBu", zmid=threshold, zmin=threshold - span,
                            zmax=threshold + span, colorbar=dict(title="score", len=0.6))
     fig = go.Figure(trace)
     fig.update_yaxes(title="layer (input → head)", autorange="reversed", showticklabels=n_layers <= 60,
-                     tickfont=dict(size=8))
+                     tickfont=dict(size=11, color="#222"))  # layer names readable, not 8 px light grey
     fig.update_xaxes(title="step")
     return _layout(fig, title, height or max(260, min(900, 12 * n_layers + 120)))
 

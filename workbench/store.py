@@ -482,7 +482,7 @@ class RunStore:
                     "created_at, epochs, backend, device) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, name, sweep, config.get("method"), dataset, config.get("backbone"),
                      _opt_float(config.get("lam")), _opt_float(config.get("lr")), config_json, now,
-                     _planned_epochs(config), backend, config.get("device")))
+                     _planned_epochs(config), backend, _requested_device(config)))
         except BaseException as e:
             shutil.rmtree(folder, ignore_errors=True)
             if isinstance(e, OSError):
@@ -801,6 +801,13 @@ class RunStore:
             row.update({k: metrics.get(k) for k in _FRONTIER_METRICS})
             out.append(row)
         return out
+
+
+def _requested_device(config: Mapping) -> str | None:
+    """The device a queued run is pinned to; None for "auto", which only the worker resolves (it
+    records the device it chose when the run starts): a run never shows "auto" as its device."""
+    device = config.get("device")
+    return None if device in (None, "auto") else device
 
 
 def _planned_epochs(config: Mapping) -> int | None:

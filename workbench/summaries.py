@@ -16,7 +16,7 @@ from .store import TERMINAL, RunStore
 
 __all__ = [
     "run_rows", "RunProgress", "run_progress", "final_scores", "layer_patterns", "layer_report_rows", "task_scores",
-    "estimate_seconds", "pack_rows", "format_duration", "run_label",
+    "estimate_seconds", "pack_rows", "format_duration", "run_label", "run_lam", "run_to_follow", "plural",
 ]
 
 BYTES_PER_PARAM = 4  # float32 checkpoints
@@ -39,6 +39,12 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def run_lam(run: dict) -> float | None:
+    """The λ a run trained with; None for a baseline, which has no penalty (its config keeps
+    the default λ all the same)."""
+    return run.get("lam") if run.get("method") == "taps" else None
+
+
 def run_label(run: dict) -> str:
     """A short human name: the run's name, else method and λ."""
     if run.get("name"):
@@ -56,6 +62,19 @@ def run_label(run: dict) -> str:
     return f"{method} λ={lam:g}" if method.endswith("taps") and lam is not None else method
 
 
+def plural(n: int, word: str) -> str:
+    """'1 run', '4 runs'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def run_to_follow(active: Sequence[dict], launched: Sequence[str]) -> str:
+    """The run to show after launching ``launched``: the one of them that trains; else, when they
+    wait in the queue, the run training now (what the machine is busy with); else the first
+    launched, which the queue starts first. ``active`` are the store's queued and running runs."""
+    running = [r["id"] for r in active if r.get("status") == "running"]
+    return next((i for i in launched if i in running), running[0] if running else launched[0])
+
+
 def _progress_fraction(run: dict) -> float:
     if run.get("status") == "done":
         return 1.0
@@ -71,7 +90,7 @@ def run_rows(runs: Iterable[dict]) -> list[dict]:
         rows.append({
             "id": r["id"], "name": run_label(r), "status": r["status"], "progress": _progress_fraction(r),
             "method": r.get("method"), "dataset": r.get("dataset"), "backbone": r.get("backbone"),
-            "λ": r.get("lam") if r.get("method") == "taps" else None, "lr": r.get("lr"),
+            "λ": run_lam(r), "lr": r.get("lr"),
             "test acc": m.get("test_acc"), "% task-specific layers": m.get("task_specific_layers_pct"),
             "% additional params": m.get("additional_params_pct"), "sweep": r.get("sweep"),
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
@@ -234,21 +253,24 @@ def pack_rows(store: RunStore, runs: Iterable[dict]) -> list[dict]:
             full = ((m.get("base_params") or 0) + (m.get("head_params") or 0)) * BYTES_PER_PARAM or None
             rows.append({"run_id": run["id"], "name": run_label(run), "dataset": dataset,
                          "backbone": run.get("backbone"), "method": run.get("method"),
-                         "λ": run.get("lam") if run.get("method") == "taps" else None,
+                         "λ": run_lam(run),
                          "test acc": m.get("test_acc"), "layers": m.get("active_layers"),
                          "pack bytes": size, "full model bytes": full,
-                         "% of full": 100 * size / full if full else None, "path": str(path)})
+                         "% of full": 100 * size / full if full else None, "path": str(path),
+                         "base params": m.get("base_params")})
     return rows
 
 
 COMPUTE_KINDS = {"taps": "λ sweep", "taps_path": "λ path", "taps_budget": "budget runs"}
 
 
-def compute_caption(points: list[dict]) -> str:
+def compute_caption(points: list[dict], *, sweep: bool = True) -> str:
     """What each way of drawing the TAPS frontier cost: runs, steps and wall time, counting a run
-    once however many points it gives (a λ path gives one per stage)."""
+    once however many points it gives (a λ path gives one per stage). ``sweep``: the points are
+    one sweep's; hand-picked TAPS runs are "TAPS runs", not a sweep."""
     parts = []
     for method, kind in COMPUTE_KINDS.items():
+        kind = kind if sweep or method != "taps" else "TAPS runs"
         runs = {p["run_id"]: p for p in points if p.get("method") == method}
         if not runs:
             continue
