@@ -33,7 +33,7 @@ from .gate import gate_on
 from .layers import prime_gates, set_gates_learning
 from .backbones import check_backbone, create_backbone, device_description, input_normalization, resolve_device
 from .config import TAPSConfig
-from .data import load_dataset, require_dataset
+from .data import get_manifest, load_dataset, require_dataset
 from .errors import ConfigError, TrainingError, WeightsUnavailableError
 from .fileio import atomic_write
 from .methods import METHODS, prepare_model, set_train_mode
@@ -213,7 +213,10 @@ class TrainConfig:
         A launcher calls this so bad input is refused before anything is queued."""
         self.validate()
         check_backbone(self.backbone)
-        for dataset in self.tasks or [self.dataset]:
+        datasets = self.tasks or [self.dataset]
+        for dataset in datasets:  # every name first: a typo is the first thing to hear about
+            get_manifest(dataset)
+        for dataset in datasets:
             manifest = require_dataset(dataset, data_root=self.data_root, allow_download=self.allow_download,
                                        train_subset=self.train_subset, val_fraction=self.val_fraction, seed=self.seed)
         if self.budget_pct is not None and self.budget_kind == "params":  # the floor depends on the model
