@@ -494,13 +494,16 @@ def test_a_version_1_store_is_migrated_and_keeps_its_runs(tmp_path):
     conn.execute("INSERT INTO runs (id, status, config, created_at, method) VALUES "
                  "('r-old', 'done', '{\"lam\": 0.5}', 1.0, 'taps')")
     conn.execute("INSERT INTO steps (run_id, step, loss) VALUES ('r-old', 1, 0.7)")
+    conn.execute("INSERT INTO epochs (run_id, epoch, train_loss) VALUES ('r-old', 0, 2.0)")
     conn.commit()
     conn.close()
     store = RunStore(root)
-    assert store.connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert store.connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     run = store.get_run("r-old")
     assert run["config"] == {"lam": 0.5} and run["tasks"] is None
     assert [(s["step"], s["loss"], s["task_losses"]) for s in store.steps_since("r-old")] == [(1, 0.7, None)]
+    assert [(e["epoch"], e["train_loss"], e["tasks"], e["warning"]) for e in store.epochs("r-old")] == \
+        [(0, 2.0, None, None)]
 
 
 def test_joint_runs_record_each_task_and_give_a_frontier_point_per_task(store):
