@@ -164,9 +164,9 @@ def test_bad_settings_fail_clearly_before_training(change, error, message):
 
 def test_missing_dataset_files_say_how_to_get_them(tmp_path):
     with pytest.raises(DatasetUnavailableError, match="(?i)how to get it"):
-        TrainConfig(**TINY, dataset="flowers102", data_root=str(tmp_path)).preflight()
+        TrainConfig(**{**TINY, "dataset": "flowers102"}, data_root=str(tmp_path)).preflight()
     with pytest.raises(DatasetUnavailableError, match="(?i)flowers"):
-        train(TrainConfig(**TINY, dataset="flowers102", data_root=str(tmp_path)))
+        train(TrainConfig(**{**TINY, "dataset": "flowers102"}, data_root=str(tmp_path)))
 
 
 def test_corrupt_image_in_a_folder_is_substituted_with_a_warning(tmp_path, caplog):
