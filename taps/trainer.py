@@ -564,15 +564,16 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
 
             seen += labels.numel()
             correct += (logits.argmax(1) == labels).sum().item()
-            loss_sum += task_loss.item() * labels.numel()
-            recent_losses.append(task_loss.item())
+            task_value = task_loss.item()  # one device sync for the three uses below
+            loss_sum += task_value * labels.numel()
+            recent_losses.append(task_value)
             scores = torch.stack([m.score.detach() for _, m in layers]).tolist()  # one device sync
             prime_gates([m for _, m in layers], scores)  # the next forward pass reads no score
             if budget is not None:
                 budget_step(budget, scores, step, freeze_step(stages[0], config.gate_freeze))
             _emit(callbacks, "on_step", StepEvent(
                 step=step, total_steps=total_steps, epoch=epoch, loss=loss.item(),
-                task_loss=task_loss.item(), penalty=penalty.item(), lam_now=lam_now,
+                task_loss=task_value, penalty=penalty.item(), lam_now=lam_now,
                 lr=optimizer.param_groups[0]["lr"], scores=scores,
                 active_layers=sum(gate_on(s, m.threshold) for s, (_, m) in zip(scores, layers)),
                 images_per_sec=seen / max(time.perf_counter() - t0, 1e-9)))
