@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .adaptation import gated_layers, head_name, norm_layers, replace_module
+from .backbones import zero_parameters
 from .backbones import device_description, input_normalization, save_backbone_checkpoint
 from .methods import fix_gates, set_train_mode
 from .packs import NORM_FIELDS, save_pack
@@ -71,8 +72,7 @@ class _TaskState(nn.Module):
         head = model.get_submodule(head_name(model))
         self.head = nn.Linear(head.in_features, num_classes, bias=head.bias is not None,
                               device=head.weight.device, dtype=head.weight.dtype)
-        for p in self.head.parameters():  # a new head starts at zero, as create_backbone's do
-            nn.init.zeros_(p)
+        zero_parameters(self.head)  # a new head starts at zero, as create_backbone's do
 
     def install(self, model: nn.Module, head: str) -> None:
         """Put this task's tensors into the model's layers (references: nothing is copied)."""
