@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
+from speed import patience
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 # Workers train at 32 px on 200 images: a few seconds a run on 2 CPU cores.
@@ -18,7 +20,7 @@ TINY = dict(resolution=32, train_subset=200, eval_subset=100, batch_size=32, epo
 def app(runs_dir, monkeypatch, page: str | None = None, query: dict | None = None) -> AppTest:
     """The app on ``runs_dir`` (via TAPS_RUNS_DIR), run once, on ``page`` if given."""
     monkeypatch.setenv("TAPS_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(APP, default_timeout=180)
+    at = AppTest.from_file(APP, default_timeout=patience(180))
     for k, v in (query or {}).items():
         at.query_params[k] = v
     at.run()
@@ -59,7 +61,9 @@ def trace(figure: dict, name=None, type_=None) -> dict:
 
 
 def run_until(at: AppTest, done, timeout: float, poll: float = 1.0) -> AppTest:
-    """Rerun the page (as its live fragment would) until ``done(at)`` or fail after ``timeout``."""
+    """Rerun the page (as its live fragment would) until ``done(at)`` or fail after ``timeout``
+    seconds on the reference machine (longer on a slower one)."""
+    timeout = patience(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         at.run()
@@ -67,5 +71,5 @@ def run_until(at: AppTest, done, timeout: float, poll: float = 1.0) -> AppTest:
         if done(at):
             return at
         time.sleep(poll)
-    raise AssertionError(f"page did not reach the expected state in {timeout} s: "
+    raise AssertionError(f"page did not reach the expected state in {timeout:.0f} s: "
                          f"{[s.value for s in at.subheader]} {[e.value for e in at.error]}")

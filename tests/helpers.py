@@ -9,6 +9,7 @@ import torch
 import torchvision
 
 import taps
+from speed import patience
 
 
 def tiny_resnet(num_classes: int = 5) -> torch.nn.Module:
@@ -58,14 +59,16 @@ FAST_RUN = dict(backbone="test_resnet", weights="none", dataset="digits", resolu
 
 
 def poll_until(predicate, timeout: float, poll: float = 0.05):
-    """``predicate()``'s first truthy value, polling; AssertionError after ``timeout`` seconds."""
+    """``predicate()``'s first truthy value, polling; AssertionError after ``timeout`` seconds
+    on the reference machine (longer on a slower one)."""
+    timeout = patience(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(poll)
-    raise AssertionError(f"condition not met within {timeout} s")
+    raise AssertionError(f"condition not met within {timeout:.0f} s")
 
 
 def step_numbers(store, run_id: str) -> list[int]:

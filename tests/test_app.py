@@ -13,6 +13,7 @@ from workbench import figures
 from workbench.launcher import Launcher
 from workbench.store import RunStore
 from workbench.summaries import final_scores
+from speed import patience
 
 RUNS, FRONTIER, PATTERNS, PACKS = ("app_pages/runs.py", "app_pages/frontier.py", "app_pages/layer_patterns.py",
                                    "app_pages/task_packs.py")
@@ -191,7 +192,7 @@ def sweep_store(tmp_path_factory):
     # keeps every layer task-specific, λ=10 none.
     config = dict(TINY, score_lr=0.5, penalty_warmup=0.0)
     sweep_id, ids = launcher.sweep(config, [0.1, 1.0, 10.0], baselines=True, name="tiny-sweep")
-    assert set(launcher.wait(ids, timeout=600).values()) == {"done"}
+    assert set(launcher.wait(ids, timeout=patience(600)).values()) == {"done"}
     return root, store, ids
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from speed import patience
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_quick(name: str, tmp_path: Path) -> dict:
     out = tmp_path / f"{name}.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=patience(600), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["benchmark"] == name and result["settings"]["quick"] is True

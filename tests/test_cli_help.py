@@ -12,6 +12,7 @@ import time
 
 from taps.cli import ConsoleProgress
 from taps.trainer import EpochEvent, StartEvent, StepEvent, TrainConfig
+from speed import patience
 
 
 def _flat(text: str) -> str:
@@ -20,7 +21,7 @@ def _flat(text: str) -> str:
 
 def test_train_help_describes_every_flag_with_its_default_and_choices():
     proc = subprocess.run([sys.executable, "-m", "taps", "train", "--help"], capture_output=True, text=True,
-                          timeout=120, env={"COLUMNS": "100", "PATH": ""})
+                          timeout=patience(120), env={"COLUMNS": "100", "PATH": ""})
     assert proc.returncode == 0, proc.stderr
     shown = _flat(proc.stdout)
     for f in dataclasses.fields(TrainConfig):
@@ -77,7 +78,7 @@ def test_workbench_list_shows_no_lambda_for_a_baseline(tmp_path):
     baseline = store.create_run(TrainConfig(method="finetune").to_dict(), name="finetune")  # its config keeps λ 0.3
     taps_run = store.create_run(TrainConfig(lam=0.1).to_dict(), name="taps")
     proc = subprocess.run([sys.executable, "-m", "workbench", "list", "--runs-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=patience(120))
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
     header = proc.stdout.splitlines()[0].split()

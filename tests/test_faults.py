@@ -29,6 +29,7 @@ from tests.helpers import (FAST_RUN, disk_full, faulty_open, kill_this_process, 
 from workbench import worker
 from workbench.launcher import DISAPPEARED, LOG_NAME, Launcher, _process_alive
 from workbench.store import DB_NAME, TERMINAL, RunStore, StoreError
+from speed import patience
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS_PER_EPOCH = FAST_RUN["train_subset"] // FAST_RUN["batch_size"]
@@ -72,7 +73,7 @@ def _worker_killed_while_writing(root: str, run_id: str, filename: str, nth: int
 def test_worker_killed_while_writing_its_checkpoint_keeps_the_previous_one_and_resumes(store):
     run_id = _queued(store, epochs=3)
     proc = _python(f"t._worker_killed_while_writing({str(store.root)!r}, {run_id!r}, {CHECKPOINT!r}, 2)")
-    assert proc.wait(timeout=180) == -signal.SIGKILL  # died writing epoch 1's checkpoint
+    assert proc.wait(timeout=patience(180)) == -signal.SIGKILL  # died writing epoch 1's checkpoint
 
     folder = store.run_dir(run_id)
     assert (folder / (CHECKPOINT + ".tmp")).stat().st_size == 100  # the half-written file
@@ -85,7 +86,7 @@ def test_worker_killed_while_writing_its_checkpoint_keeps_the_previous_one_and_r
     assert recorded == list(range(1, len(recorded) + 1)) and len(recorded) >= STEPS_PER_EPOCH
 
     assert launcher.resume(run_id) == "running"
-    assert launcher.wait(run_id, timeout=180) == {run_id: "done"}
+    assert launcher.wait(run_id, timeout=patience(180)) == {run_id: "done"}
     _step_records_are_whole(store, run_id, epochs=3)
     assert torch.load(folder / CHECKPOINT, weights_only=True)["epoch"] == 2
     assert not (folder / (CHECKPOINT + ".tmp")).exists()
@@ -107,7 +108,7 @@ def test_process_killed_while_writing_a_pack_leaves_the_previous_pack_intact(tmp
     before = taps.read_pack(path)
 
     proc = _python(f"t._killed_while_saving_pack({str(path)!r})")
-    assert proc.wait(timeout=120) == -signal.SIGKILL
+    assert proc.wait(timeout=patience(120)) == -signal.SIGKILL
     assert (tmp_path / "task.safetensors.tmp").stat().st_size == 100
 
     after = taps.read_pack(path)

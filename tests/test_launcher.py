@@ -13,6 +13,7 @@ from taps.errors import ConfigError, UnknownBackboneError, UnknownDatasetError
 from workbench.launcher import DISAPPEARED, Launcher, _process_alive
 from tests.helpers import poll_until, step_numbers
 from workbench.store import TERMINAL, RunStore
+from speed import patience
 
 TINY = dict(resolution=32, train_subset=64, eval_subset=50, batch_size=16, epochs=2, dataset="fashion-mnist")
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +92,7 @@ def test_kill_9_is_reaped_then_resume_completes(store, monkeypatch):
 
     monkeypatch.delenv("TAPS_WORKER_STEP_DELAY")
     assert launcher.resume(run_id) == "running"
-    assert launcher.wait(run_id, timeout=90) == {run_id: "done"}
+    assert launcher.wait(run_id, timeout=patience(90)) == {run_id: "done"}
     run = store.get_run(run_id)
     assert step_numbers(store, run_id) == list(range(1, run["total_steps"] + 1))
     assert [e["epoch"] for e in store.epochs(run_id)] == [0, 1, 2]
@@ -143,7 +144,7 @@ def test_sweep_two_lams_and_baselines(store):
     assert {r["method"] for r in runs} == {"taps", "finetune", "feature_extractor"}
     assert all(r["sweep"] == "s1" for r in runs)
     assert sum(r["status"] == "running" for r in runs) == 2
-    assert launcher.wait(run_ids, timeout=150) == {r: "done" for r in run_ids}
+    assert launcher.wait(run_ids, timeout=patience(150)) == {r: "done" for r in run_ids}
     frontier = launcher.frontier("s1")
     assert len(frontier) == 4
     assert all(row["val_acc"] is not None for row in frontier)
@@ -152,7 +153,7 @@ def test_sweep_two_lams_and_baselines(store):
 def _cli(*args, runs_dir):
     env = dict(os.environ, TAPS_RUNS_DIR=str(runs_dir), PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=120)
+                          env=env, cwd=ROOT, timeout=patience(120))
 
 
 def test_cli_refuses_bad_config_and_lists(tmp_path):

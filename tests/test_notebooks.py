@@ -14,9 +14,11 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from speed import patience
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-CELL_TIMEOUT_S = 600
+CELL_TIMEOUT_S = patience(600)
 
 
 def test_there_are_notebooks():

@@ -8,6 +8,7 @@ import taps
 from taps.errors import ConfigError
 from workbench.ray_backend import RayLauncher
 from workbench.store import RunStore
+from speed import patience
 
 TINY = dict(resolution=32, train_subset=96, eval_subset=50, batch_size=16, epochs=2, lr=0.02)
 
@@ -65,7 +66,7 @@ def test_cli_sweep_on_ray_waits_and_records(tmp_path):
     for key, value in TINY.items():
         if key != "epochs":
             args += [f"--{key.replace('_', '-')}", str(value)]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=400,
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=patience(400),
                           env={**__import__("os").environ, "RAY_ADDRESS": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = RunStore(tmp_path).list_runs(sweep="cluster-sweep")

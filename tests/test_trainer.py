@@ -17,6 +17,7 @@ from taps.errors import ConfigError, DatasetUnavailableError, TrainingError, Unk
 from taps.inference import evaluate_pack
 from taps.trainer import TrainConfig, train
 from tests.helpers import FAST_RUN, Recorder
+from speed import patience
 
 # Fashion-MNIST: these tests classify its images by name (the default task is hanzi).
 TINY = dict(dataset="fashion-mnist", resolution=32, train_subset=160, eval_subset=100, batch_size=16, epochs=2,
@@ -186,7 +187,7 @@ def test_corrupt_image_in_a_folder_is_substituted_with_a_warning(tmp_path, caplo
 
 def test_cli_reports_bad_input_without_a_traceback():
     proc = subprocess.run([sys.executable, "-m", "taps", "train", "--lam", "-1"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=patience(120))
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: lam must be ≥ 0, got -1.0"
 
@@ -210,13 +211,13 @@ def test_cli_train_then_eval_reports_the_same_accuracy(tmp_path):
     for key, value in TINY.items():
         if key != "epochs":
             args += [f"--{key.replace('_', '-')}", str(value)]
-    trained = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    trained = subprocess.run(args, capture_output=True, text=True, timeout=patience(300))
     assert trained.returncode == 0, trained.stderr
     table = _cli_table(trained.stdout)
     pack = out / "task.safetensors"
     assert table["task pack"] == str(pack)
     evaluated = subprocess.run([sys.executable, "-m", "taps", "eval", str(pack), "--eval-subset", "100"],
-                               capture_output=True, text=True, timeout=300)
+                               capture_output=True, text=True, timeout=patience(300))
     assert evaluated.returncode == 0, evaluated.stderr
     rows = _cli_table(evaluated.stdout)
     assert rows["dataset"] == "fashion-mnist" and rows["split"] == "test" and rows["images"] == "100"
