@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 import taps
-from speed import patience
+from tests.speed import patience
 
 
 def tiny_resnet(num_classes: int = 5) -> torch.nn.Module:

@@ -9,11 +9,10 @@ import pytest
 from PIL import Image
 
 from app_testing import TINY, app, assert_clean, charts, run_until, trace
-from workbench import figures
+from workbench import figures, worker
 from workbench.launcher import Launcher
 from workbench.store import RunStore
 from workbench.summaries import final_scores
-from speed import patience
 
 RUNS, FRONTIER, PATTERNS, PACKS = ("app_pages/runs.py", "app_pages/frontier.py", "app_pages/layer_patterns.py",
                                    "app_pages/task_packs.py")
@@ -187,12 +186,17 @@ def sweep_store(tmp_path_factory):
     """One tiny sweep, λ ∈ {0.1, 1, 10} plus both baselines, trained once for the tests below."""
     root = tmp_path_factory.mktemp("sweep-runs")
     store = RunStore(root)
-    launcher = Launcher(store)
     # Fast-moving scores and no penalty ramp, so a 6-step run already spans the range: λ=0.1
     # keeps every layer task-specific, λ=10 none.
     config = dict(TINY, score_lr=0.5, penalty_warmup=0.0)
-    sweep_id, ids = launcher.sweep(config, [0.1, 1.0, 10.0], baselines=True, name="tiny-sweep")
-    assert set(launcher.wait(ids, timeout=patience(600)).values()) == {"done"}
+    # Queued as the Launch page does, then each run's worker body in this process: the pages read
+    # the same store, without five worker start-ups (the launcher's own are tested elsewhere).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Launcher, "schedule", lambda self: [])
+        sweep_id, ids = Launcher(store).sweep(config, [0.1, 1.0, 10.0], baselines=True, name="tiny-sweep")
+    for run_id in ids:
+        assert worker.run(store, run_id) == 0
+    assert {store.get_run(run_id)["status"] for run_id in ids} == {"done"}
     return root, store, ids
 
 

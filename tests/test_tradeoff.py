@@ -1,5 +1,6 @@
 """End to end, offline, on CPU: EfficientNet-Lite0 ImageNet weights on the default task (hanzi:
-50 handwriting-style characters, far from ImageNet's photos), with TrainConfig's defaults.
+50 handwriting-style characters, far from ImageNet's photos), with TrainConfig's defaults on a
+smaller run (48 px, 1,000 training images, 2 epochs: a quarter of the default run's compute).
 
 The claims of the method at small scale, on the task where they can be seen: pretrained features
 alone (the feature extractor) fall far short of full fine-tuning, TAPS at a small λ is on par with
@@ -9,8 +10,11 @@ import pytest
 
 from taps.trainer import TrainConfig, train
 
-# Four runs of the offline default in the first test's setup: minutes each on a slow 2-core CPU.
-pytestmark = pytest.mark.timeout(2400)
+# The claims hold at this size on seeds 0-2 with 2.6 points or more to spare (feature extractor
+# 0.68-0.71, fine-tuning 0.82-0.87, TAPS λ=0.3 within 0.016 of it); about 90 s on the slower
+# 2-core CI machine. The README's table is the default run's, on the same claims.
+SMALLER = dict(resolution=48, train_subset=1000, eval_subset=500, epochs=2)
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +25,7 @@ def results():
         "taps_small_lam": dict(method="taps", lam=0.3),
         "taps_large_lam": dict(method="taps", lam=10.0),
     }
-    return {name: train(TrainConfig(**change)).metrics for name, change in runs.items()}
+    return {name: train(TrainConfig(**SMALLER, **change)).metrics for name, change in runs.items()}
 
 
 def test_the_default_task_is_the_one_these_claims_are_about():
