@@ -57,12 +57,14 @@ def test_bad_config_is_refused_before_anything_reaches_ray(tmp_path, local_ray):
     assert store.list_runs() == []
 
 
-def test_cli_sweep_on_ray_waits_and_records(tmp_path):
+def test_cli_sweep_on_ray_waits_and_records(tmp_path, local_ray):
     import subprocess
     import sys
 
+    # The command line joins a running cluster (this module's local one), as on a real cluster.
+    address = ray.get_runtime_context().gcs_address
     args = [sys.executable, "-m", "workbench", "--runs-dir", str(tmp_path), "sweep", "--backend", "ray",
-            "--lams", "0.5", "--epochs", "1", "--name", "cluster-sweep"]
+            "--address", address, "--lams", "0.5", "--epochs", "1", "--name", "cluster-sweep"]
     for key, value in TINY.items():
         if key != "epochs":
             args += [f"--{key.replace('_', '-')}", str(value)]
