@@ -24,7 +24,7 @@ app: setup
 
 test: setup
 	bash scripts/install-system-deps.sh --browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --suite-budget-min=20  # the README's budget, on the reference machine's scale
 
 notebooks: setup
 	$(VENV)/bin/jupyter lab notebooks/

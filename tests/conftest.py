@@ -24,6 +24,8 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    if config.option.collectonly:
+        return
     config._suite_clock = {"probe_start_s": probe_step_seconds(), "started": time.monotonic()}
     # Children (workers, notebook kernels, the app's server) wait as patiently as the tests.
     os.environ[SLOWDOWN_ENV] = f"{config._suite_clock['probe_start_s'] / REFERENCE_STEP_S:.3f}"
