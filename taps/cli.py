@@ -28,7 +28,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Defaults after each flag's help; examples printed as written."""
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``lam`` → ``--lam``), typed from the dataclass, described
     by the field's own documentation (``metadata["help"]``) and limited to its choices."""
     hints = typing.get_type_hints(TrainConfig)
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p_train = sub.add_parser("train", help="train one task (TAPS or a baseline)", formatter_class=_HelpFormatter,
                              description="Train one task: every setting of taps.trainer.TrainConfig is a flag.",
                              epilog=TRAIN_EXAMPLES)
-    _add_config_arguments(p_train)
+    add_config_arguments(p_train)
     p_train.add_argument("--resume", action="store_true", help="continue from out_dir's checkpoint")
     p_eval = sub.add_parser("eval", help="accuracy of a task pack on a dataset")
     p_eval.add_argument("pack")

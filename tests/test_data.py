@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from taps import data
 from taps.data import DataSplits, get_manifest, list_datasets, load_dataset, validate_manifest
+from taps.data.sources import read_idx
 from taps.errors import ConfigError, DatasetUnavailableError, UnknownDatasetError
 
 if sys.version_info >= (3, 11):
@@ -94,7 +95,7 @@ def test_test_subset_caps_val_and_test_class_balanced(fmnist):
 
 def test_pixels_match_the_idx_file_and_are_normalised():
     s = load_dataset("fashion-mnist", train_subset=100, test_subset=10, augment=False)
-    raw = data._read_idx(FMNIST_DIR / "train-images-idx3-ubyte.gz")
+    raw = read_idx(FMNIST_DIR / "train-images-idx3-ubyte.gz")
     i = int(s.train.indices[7])
     expected = nnf.interpolate(torch.from_numpy(raw[i].astype(np.float32))[None, None], size=(64, 64),
                                mode="bilinear", align_corners=False, antialias=True)[0, 0] / 255

@@ -27,7 +27,8 @@ from taps.trainer import CHECKPOINT, PACK, TrainConfig
 from tests.helpers import (FAST_RUN, disk_full, faulty_open, kill_this_process, poll_until, scramble,
                            step_numbers, tiny_resnet)
 from workbench import worker
-from workbench.launcher import DISAPPEARED, LOG_NAME, Launcher, _process_alive
+from workbench.launcher import DISAPPEARED, LOG_NAME, Launcher
+from workbench.processes import process_alive
 from workbench.store import DB_NAME, TERMINAL, RunStore, StoreError
 from speed import patience
 
@@ -140,7 +141,7 @@ def test_runs_go_on_when_the_launcher_is_killed_and_a_new_one_sees_them(store):
     assert proc.wait(timeout=10) == -signal.SIGKILL
 
     run = store.get_run(first)
-    assert run["status"] == "running" and _process_alive(run["pid"], run["pid_create_time"])
+    assert run["status"] == "running" and process_alive(run["pid"], run["pid_create_time"])
     assert store.get_run(second)["status"] == "queued"
     app = Launcher(RunStore(store.root))  # a new app on the same runs folder
     assert app.max_concurrent == 1

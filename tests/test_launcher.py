@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from taps.errors import ConfigError, UnknownBackboneError, UnknownDatasetError
-from workbench.launcher import DISAPPEARED, Launcher, _process_alive
+from workbench.launcher import DISAPPEARED, Launcher
+from workbench.processes import process_alive
 from tests.helpers import poll_until, step_numbers
 from workbench.store import TERMINAL, RunStore
 from speed import patience
@@ -82,7 +83,7 @@ def test_kill_9_is_reaped_then_resume_completes(store, monkeypatch):
     before = step_numbers(store, run_id)
     pid = store.get_run(run_id)["pid"]
     os.kill(pid, signal.SIGKILL)
-    poll_until(lambda: (launcher._poll_children(), not _process_alive(pid, None))[1], 10)
+    poll_until(lambda: (launcher._poll_children(), not process_alive(pid, None))[1], 10)
     launcher.schedule()
     run = store.get_run(run_id)
     assert run["status"] == "failed"
@@ -113,7 +114,7 @@ def test_cancel_running_run_takes_effect_quickly(store, monkeypatch):
     assert time.monotonic() - t0 < 5
     run = store.get_run(run_id)
     assert run["status"] == "cancelled" and run["finished_at"] is not None
-    assert not _process_alive(pid, None)
+    assert not process_alive(pid, None)
     assert "stopping after this step" in (store.run_dir(run_id) / "log.txt").read_text()
     assert store.get_run(queued)["status"] == "cancelled"  # nothing was started after the cancel
     assert store.get_run(queued)["started_at"] is None

@@ -247,5 +247,6 @@ def test_no_shipped_code_evals_unpickles_or_shells_out():
     found = {str(p.relative_to(ROOT)): unsafe_calls(p.read_text(encoding="utf-8")) for p in SHIPPED}
     assert {path: calls for path, calls in found.items() if calls} == {}
     # the safe forms are what the code uses
-    assert "weights_only=True" in (ROOT / "taps" / "backbones.py").read_text()
+    for loader in ("weights.py", "checkpoints.py"):  # packaged weights, checkpoint files
+        assert "weights_only=True" in (ROOT / "taps" / "backbones" / loader).read_text()
     assert "safe_open" in (ROOT / "taps" / "packs.py").read_text()

@@ -235,10 +235,10 @@ def test_cli_list_flags_take_several_values():
     """--tasks, --include and --exclude are lists: `--tasks a b` means both (it used to keep one)."""
     import argparse
 
-    from taps.cli import _add_config_arguments
+    from taps.cli import add_config_arguments
 
     parser = argparse.ArgumentParser()
-    _add_config_arguments(parser)
+    add_config_arguments(parser)
     args = parser.parse_args(["--tasks", "fashion-mnist", "digits", "--exclude", "conv_stem", "blocks.0.*"])
     assert args.tasks == ["fashion-mnist", "digits"] and args.exclude == ["conv_stem", "blocks.0.*"]
     assert parser.parse_args([]).tasks == []

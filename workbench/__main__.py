@@ -50,7 +50,7 @@ def build_parser(with_config: bool = True) -> argparse.ArgumentParser:
 
     add_config = None
     if with_config:  # the training flags need the trainer (torch): only built when used
-        from taps.cli import _add_config_arguments as add_config
+        from taps.cli import add_config_arguments as add_config
 
     cluster = argparse.ArgumentParser(add_help=False)
     cluster.add_argument("--backend", choices=["local", "ray"], default="local",

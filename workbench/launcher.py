@@ -34,10 +34,9 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import psutil
-
 from taps.fileio import atomic_write
 
+from .processes import create_time, process_alive
 from .store import TERMINAL, RunStore, StoreError
 
 __all__ = ["Launcher", "LOCK_NAME", "CANCEL_FLAG", "DISAPPEARED", "visible_gpus", "device_summary"]
@@ -98,28 +97,6 @@ def device_summary() -> str:
     if sys.platform == "darwin" and platform.machine() == "arm64":
         return f"Apple GPU (mps), {cores} CPU cores"
     return f"CPU ({cores} cores)"
-
-
-def _process_alive(pid: int | None, create_time: float | None) -> bool:
-    """Whether ``pid`` is a live (non-zombie) process created at ``create_time``."""
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(int(pid))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if create_time is not None and abs(proc.create_time() - float(create_time)) > 1.0:
-            return False  # the pid was reused by another process
-        return True
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
-        return False
-
-
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
 
 
 class Launcher:
@@ -231,7 +208,7 @@ class Launcher:
         for run in self.store.list_runs(status="running"):
             if run.get("host") and run["host"] != host:
                 continue  # another machine's process: not ours to judge
-            if _process_alive(run.get("pid"), run.get("pid_create_time")):
+            if process_alive(run.get("pid"), run.get("pid_create_time")):
                 continue
             try:
                 self.store.finish(run["id"], "failed", error=DISAPPEARED)
@@ -298,7 +275,7 @@ class Launcher:
                                     stdout=log, stderr=subprocess.STDOUT, env=env)
         self._procs[run_id] = proc
         try:
-            self.store.mark_running(run_id, proc.pid, _create_time(proc.pid), socket.gethostname())
+            self.store.mark_running(run_id, proc.pid, create_time(proc.pid), socket.gethostname())
         except BaseException:
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -320,22 +297,22 @@ class Launcher:
             folder = self.store.run_dir(run_id)
             (folder / CANCEL_FLAG).write_text("cancel\n", encoding="utf-8")
         pid = run.get("pid")
-        alive = _process_alive(pid, run.get("pid_create_time"))
+        alive = process_alive(pid, run.get("pid_create_time"))
         if alive:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + max(0.0, float(grace_s))
         while alive and time.monotonic() < deadline:  # the worker records 'cancelled' and exits
             self._poll_children()
-            if not _process_alive(pid, run.get("pid_create_time")):
+            if not process_alive(pid, run.get("pid_create_time")):
                 break
             time.sleep(0.1)
-        if _process_alive(pid, run.get("pid_create_time")):
+        if process_alive(pid, run.get("pid_create_time")):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             for _ in range(50):
                 self._poll_children()
-                if not _process_alive(pid, run.get("pid_create_time")):
+                if not process_alive(pid, run.get("pid_create_time")):
                     break
                 time.sleep(0.1)
         if self.store.get_run(run_id)["status"] == "running":

@@ -57,8 +57,8 @@ def train_on_ray(writer, run_id: str, config: dict) -> str:
     from taps.backbones import device_description, resolve_device
     from taps.trainer import TrainConfig, train
 
-    from .launcher import _create_time
-    from .worker import _error_message
+    from .processes import create_time
+    from .worker import error_message
 
     store, recorder = _RemoteStore(writer), None
     with tempfile.TemporaryDirectory(prefix=f"taps-{run_id}-") as out:
@@ -66,7 +66,7 @@ def train_on_ray(writer, run_id: str, config: dict) -> str:
             cfg = TrainConfig.from_dict(dict(config))
             cfg.out_dir = out
             device = device_description(resolve_device(cfg.device))
-            store.mark_running(run_id, os.getpid(), _create_time(os.getpid()), socket.gethostname(), device)
+            store.mark_running(run_id, os.getpid(), create_time(os.getpid()), socket.gethostname(), device)
             recorder = StoreRecorder(store, run_id, flush_every_s=0.5)
             result = train(cfg, [recorder])
             recorder.close()
@@ -80,7 +80,7 @@ def train_on_ray(writer, run_id: str, config: dict) -> str:
             if recorder is not None:
                 with contextlib.suppress(Exception):
                     recorder.close()
-            store.finish(run_id, "failed", error=_error_message(exc))
+            store.finish(run_id, "failed", error=error_message(exc))
             return "failed"
 
 

@@ -27,7 +27,7 @@ import sys
 import time
 import traceback
 
-from .launcher import _create_time, _process_alive
+from .processes import create_time, process_alive
 from .store import RunStore, StoreRecorder, StoreError
 
 CANCEL_FLAG = "CANCEL"
@@ -50,7 +50,8 @@ class _SlowMotion:
         time.sleep(self.seconds)
 
 
-def _error_message(exc: BaseException) -> str:
+def error_message(exc: BaseException) -> str:
+    """A failed run's error as stored: a TAPSError's own message, else the exception's type too."""
     from taps.errors import TAPSError
 
     if isinstance(exc, TAPSError) and str(exc):
@@ -68,7 +69,7 @@ def run(store: RunStore, run_id: str) -> int:
     me = os.getpid()
     status = run_row["status"]
     if status == "running" and run_row.get("pid") not in (None, me):
-        if _process_alive(run_row.get("pid"), run_row.get("pid_create_time")):
+        if process_alive(run_row.get("pid"), run_row.get("pid_create_time")):
             print(f"worker: run {run_id} is already run by process {run_row['pid']}", file=sys.stderr)
             return 0
     elif status not in ("queued", "running"):
@@ -90,7 +91,7 @@ def run(store: RunStore, run_id: str) -> int:
         config = TrainConfig.from_dict(dict(run_row["config"]))
         config.out_dir = str(folder)
         device = device_description(resolve_device(config.device))
-        store.mark_running(run_id, me, _create_time(me), socket.gethostname(), device)
+        store.mark_running(run_id, me, create_time(me), socket.gethostname(), device)
         print(f"worker {me}: run {run_id} on {device}", file=sys.stderr, flush=True)
         if should_stop():
             store.finish(run_id, "cancelled")
@@ -132,7 +133,7 @@ def run(store: RunStore, run_id: str) -> int:
                 if isinstance(exc, KeyboardInterrupt) and should_stop():
                     store.finish(run_id, "cancelled")
                 else:
-                    store.finish(run_id, "failed", error=_error_message(exc))
+                    store.finish(run_id, "failed", error=error_message(exc))
         except StoreError:
             traceback.print_exc()
         return 1

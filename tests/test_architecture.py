@@ -1,0 +1,161 @@
+"""The code's shape, read from the source with ``ast`` (nothing is imported): no import loop among
+the project's modules, no private name imported from another module, and no module over 400
+lines unless its docstring says why (issue 22)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_FOLDERS = ("taps", "workbench", "app_pages", "benchmarks", "scripts")  # tests/ is not checked
+MAX_LINES = 400
+LONG_REASON = "Long because"  # a line of the module docstring that starts so states why it is long
+
+# taps/trainer.py and taps/joint.py are being rewritten into one training engine (issue 22, item
+# 1), which removes these offences. Delete each entry when its offence is gone: the last test
+# below fails while an entry names something that no longer offends, so the checks only tighten.
+BEING_REWRITTEN_LOOPS = {frozenset({"taps.trainer", "taps.joint"})}     # train() imports joint lazily
+BEING_REWRITTEN_PRIVATE_IMPORTS = {("taps.joint", "taps.trainer._emit")}
+BEING_REWRITTEN_LONG_MODULES = {"taps.trainer"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in [ROOT / "app.py", *(p for folder in SHIPPED_FOLDERS
+                                                         for p in sorted((ROOT / folder).rglob("*.py")))]}
+TREES = {name: ast.parse(path.read_text(encoding="utf-8"), str(path)) for name, path in MODULES.items()}
+
+
+def import_statements(module: str) -> list[tuple[str, str | None]]:
+    """(dotted module, name or None) for every import in ``module``, at any depth (an import
+    inside a function is still a dependency: a lazy import hides a loop, it does not remove it),
+    relative imports made absolute; ``from package import sub`` names the module ``package.sub``."""
+    package = module if MODULES[module].name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(TREES[module]):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.append((sub, None) if sub in MODULES else (base, alias.name))
+    return found
+
+
+def imported(module: str) -> list[tuple[str, str | None]]:
+    """(project module, name or None) that ``module`` imports; ``import a.b.c`` counts as
+    importing the longest prefix that is a project module."""
+    out = []
+    for target, name in import_statements(module):
+        while target and target not in MODULES:
+            target = target.rpartition(".")[0]
+        if target and target != module:
+            out.append((target, name))
+    return out
+
+
+def unresolved_imports() -> set[tuple[str, str]]:
+    """(importer, dotted module) for imports of project modules that do not exist: a relative
+    import left pointing at the wrong package fails only when its line runs."""
+    tops = {m.partition(".")[0] for m in MODULES}
+    return {(m, target) for m in MODULES for target, _ in import_statements(m)
+            if target.partition(".")[0] in tops and target not in MODULES}
+
+
+def import_loops() -> set[frozenset[str]]:
+    """Every set of modules that import each other in a circle. A package's own __init__ running
+    before its submodules is not an edge: re-exporting submodules from a package would otherwise
+    always be a loop."""
+    return circles({m: {t for t, _ in imported(m)} for m in MODULES})
+
+
+def circles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
+    """The strongly connected components of more than one node (Tarjan's algorithm)."""
+    index, low, stack, on_stack, loops = {}, {}, [], set(), set()
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                loops.add(frozenset(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return loops
+
+
+def private_imports() -> set[tuple[str, str]]:
+    """(importer, module.name) for every underscore name imported from another project module."""
+    return {(m, f"{target}.{name}") for m in MODULES for target, name in imported(m)
+            if name and name.startswith("_") and not name.startswith("__")}
+
+
+def long_modules() -> dict[str, int]:
+    """Modules over MAX_LINES lines whose docstring does not say why."""
+    out = {}
+    for m, path in MODULES.items():
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        doc = ast.get_docstring(TREES[m]) or ""
+        if lines > MAX_LINES and not any(line.strip().startswith(LONG_REASON) for line in doc.splitlines()):
+            out[m] = lines
+    return out
+
+
+def test_the_checks_see_the_whole_project():
+    assert {"taps", "taps.data.loading", "workbench.store.runs", "app", "app_pages.launch"} <= set(MODULES)
+    # the import reader resolves relative, nested and lazy imports to modules
+    assert ("taps.glyphs", None) in imported("taps.data.sources")                  # from .. import glyphs
+    assert ("taps.data.folders", "class_dirs") in imported("taps.data.manifests")  # from .folders import …
+    assert ("taps.joint", "train_joint") in imported("taps.trainer")                # inside train()
+    assert ("workbench.store", "RunStore") in imported("workbench.worker")
+
+
+def test_circles_are_found_however_long():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"f"}, "f": {"e"}, "g": {"a"}}
+    assert circles(graph) == {frozenset("abc"), frozenset("ef")}
+
+
+def test_every_import_of_a_project_module_finds_it():
+    assert unresolved_imports() == set()
+
+
+def test_no_import_loops():
+    assert import_loops() - BEING_REWRITTEN_LOOPS == set()
+
+
+def test_no_private_name_is_imported_from_another_module():
+    assert private_imports() - BEING_REWRITTEN_PRIVATE_IMPORTS == set()
+
+
+def test_no_module_is_long_without_a_stated_reason():
+    long = {m: n for m, n in long_modules().items() if m not in BEING_REWRITTEN_LONG_MODULES}
+    assert long == {}, f"split these modules, or start a line of their docstring with {LONG_REASON!r}"
+
+
+def test_the_allow_list_names_only_current_offenders():
+    assert BEING_REWRITTEN_LOOPS <= import_loops()
+    assert BEING_REWRITTEN_PRIVATE_IMPORTS <= private_imports()
+    assert BEING_REWRITTEN_LONG_MODULES <= set(long_modules())
