@@ -90,6 +90,15 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in rows)
 
 
+def _lam_rows(metrics: dict) -> list[tuple[str, object]]:
+    """λ as the run used it (a budget run's is found in training, not the --lam it was given);
+    none for a method without a penalty."""
+    lam = metrics.get("lam")
+    if lam is None:
+        return []
+    return [("λ found for the budget" if metrics.get("budget_pct") is not None else "λ", f"{lam:.4g}")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taps", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,7 +125,7 @@ def _run(args) -> int:
         result = train(TrainConfig(**values), [ConsoleProgress()], resume=args.resume)
         m = result.metrics
         print(_table([("status", result.status), ("epochs", result.epochs_done),
-                      ("val accuracy", m["val_acc"]), ("test accuracy", m["test_acc"]),
+                      *_lam_rows(m), ("val accuracy", m["val_acc"]), ("test accuracy", m["test_acc"]),
                       ("task-specific layers", f"{m['active_layers']}/{m['gated_layers']} "
                                                f"({m['task_specific_layers_pct']:.1f}%)"),
                       ("additional params", f"{m['additional_params']:,} ({m['additional_params_pct']:.2f}%)"),

@@ -13,7 +13,7 @@ from .backbones import create_backbone, input_normalization, resolve_device
 from .data import eval_transform, load_dataset
 from .merging import merge
 from .packs import PackError, TaskPack, load_pack, read_pack
-from .trainer import Normalize, evaluate
+from .evaluation import Normalize, evaluate
 
 
 def load_task_model(pack_path: str | Path, *, weights: str = "auto", checkpoint: str | None = None,

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 import taps
-import taps.trainer
+import taps.tasks
 from taps.backbones import create_backbone
 from taps.budget import LayerCosts
 from taps.data import load_dataset
@@ -90,8 +90,8 @@ def test_bad_settings_are_refused_naming_the_field_before_anything_is_allocated(
     def allocate(*args, **kwargs):
         raise AssertionError("bad settings reached data loading or model building")
 
-    monkeypatch.setattr(taps.trainer, "load_dataset", allocate)
-    monkeypatch.setattr(taps.trainer, "create_backbone", allocate)
+    monkeypatch.setattr(taps.tasks, "load_dataset", allocate)
+    monkeypatch.setattr(taps.tasks, "create_backbone", allocate)
     with pytest.raises(ConfigError, match=message):
         train(TrainConfig(**config))
 

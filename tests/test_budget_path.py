@@ -3,6 +3,9 @@ state projected onto the budget) and the λ path
 (the frontier from one run: stages warm-started from each other, a task pack per stage)."""
 import math
 import random
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +16,8 @@ from taps.errors import ConfigError
 from taps.inference import evaluate_pack
 from taps.schedule import build_scheduler, lam_at, plan_stages
 from taps.trainer import TrainConfig, train
-from tests.helpers import Recorder, tiny_resnet
+from tests.helpers import FAST_RUN, Recorder, tiny_resnet
+from speed import patience
 
 TINY = dict(resolution=32, train_subset=160, eval_subset=100, batch_size=16, epochs=2, lr=0.02)
 
@@ -142,9 +146,24 @@ def test_budget_run_ends_within_its_budget(tmp_path, kind):
     key = "task_specific_layers_pct" if kind == "layers" else "additional_params_pct"
     assert result.metrics[key] <= 40.0
     assert result.metrics["budget_pct"] == 40.0 and result.metrics["lam_final"] == rec.epochs[-1].lam
+    assert result.metrics["lam"] == result.metrics["lam_final"]  # the λ it used, not the config's
     lams = [e.lam_now for e in rec.steps]
     assert lams[0] == 0.0 and max(lams) > 0  # λ starts at 0 and is raised while over budget
     assert taps.read_pack(result.pack_path).metadata["lam"] == pytest.approx(result.metrics["lam_final"])
+
+
+def test_cli_prints_the_lambda_a_budget_run_found(tmp_path):
+    """Not the --lam the run was given (which a budget run ignores): the λ its pack records."""
+    args = [sys.executable, "-m", "taps", "train", "--out-dir", str(tmp_path), "--budget-pct", "40", "--lam", "0.3"]
+    for key, value in FAST_RUN.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    trained = subprocess.run(args, capture_output=True, text=True, timeout=patience(300))
+    assert trained.returncode == 0, trained.stderr
+    row = re.search(r"^λ found for the budget\s{2,}(\S+)$", trained.stdout, re.MULTILINE)
+    assert row, trained.stdout
+    used = taps.read_pack(tmp_path / "task.safetensors").metadata["lam"]
+    assert used > 0 and used != 0.3
+    assert float(row[1]) == pytest.approx(used, rel=1e-3)
 
 
 def test_lambda_path_snapshots_one_task_pack_per_stage(tmp_path):

@@ -116,10 +116,11 @@ def test_recomputing_under_cpu_autocast_matches_the_plain_layer():
 
 
 def test_training_config_switches_recomputing_on_and_keeps_resume_compatible():
-    from taps.trainer import TrainConfig, _resume_key
+    from taps.checkpoint import resume_key
+    from taps.trainer import TrainConfig
 
     model = taps.adapt(tiny_resnet(), TrainConfig(recompute_weights=True).taps_config())
     assert all(layer.recompute for _, layer in taps.gated_layers(model))
     assert not any(layer.recompute for _, layer in taps.gated_layers(taps.adapt(tiny_resnet())))
     # A run checkpointed without it can be resumed with it: the same gradients either way.
-    assert _resume_key(TrainConfig(recompute_weights=True)) == _resume_key(TrainConfig())
+    assert resume_key(TrainConfig(recompute_weights=True)) == resume_key(TrainConfig())

@@ -91,7 +91,7 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
         args += [f"--{key.replace('_', '-')}", str(value)]
     worker = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = out / "checkpoint.pt"
-    deadline = time.time() + 120
+    deadline = time.time() + patience(120)
     while not ckpt.exists() and worker.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     os.kill(worker.pid, signal.SIGKILL)
