@@ -56,7 +56,7 @@ table = [{"run": run_label(p) + (f" · stage {p['stage'] + 1}" if p.get("stage")
           "method": p["method"], "λ": p["lam"] if p["method"].startswith("taps") else None,
           figures.AXIS_TITLES[x]: p[x], figures.AXIS_TITLES[y]: p[y],
           "on the front": (p["run_id"], p.get("stage")) in front, "id": p["run_id"]} for p in points]
-st.dataframe(table, hide_index=True, width="stretch",
+st.dataframe(table, hide_index=True, width="stretch", placeholder=ui.MISSING,
              column_config={"λ": st.column_config.NumberColumn(format="%g"),
                             figures.AXIS_TITLES[x]: st.column_config.NumberColumn(format="%.1f"),
                             figures.AXIS_TITLES[y]: st.column_config.NumberColumn(format="%.3f")})

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import math
+import socket
 from dataclasses import asdict
+from pathlib import Path
 
 import streamlit as st
 
 from taps.schedule import total_epochs
 from workbench import paths, ui
-from workbench.summaries import estimate_seconds, format_duration, run_to_follow
+from workbench.summaries import (comparable_run, estimate_run, format_duration, measured_run_timing, planned_steps,
+                                 run_to_follow, sweep_seconds)
 
 METHOD_LABELS = {
     "taps": "TAPS (learn which layers to adapt)",
@@ -93,6 +96,64 @@ def parse_lams(text: str) -> list[float]:
             raise ValueError(f"λ must be a finite number ≥ 0 (0 means no sparsity pressure), got {entry}")
         values.append(value)
     return list(dict.fromkeys(values))
+
+
+@st.cache_data(ttl=600, show_spinner=False)
+def timed_step(backbone: str, resolution: int, batch_size: int, method: str, device: str, busy: bool,
+               cache_file: str) -> dict:
+    """This machine's step time for the setting (see workbench.calibration); ``cache_file`` is in
+    the key so each cache folder (a test's, a user's) gets its own answer."""
+    from workbench import calibration
+
+    setting = calibration.ProbeSetting(backbone, resolution, batch_size, method, device)
+    return asdict(calibration.step_timing(setting, busy=busy, path=Path(cache_file)))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def past_run_timing(run_id: str, finished_at: float) -> dict | None:
+    """A finished run's measured step and start-up (it never changes: cached by id and end)."""
+    store = launcher.store
+    return measured_run_timing(store.get_run(run_id), store.steps_since(run_id), store.epochs(run_id))
+
+
+def run_time_text(config: dict, n_runs: int, slots: int, errors: list[str]) -> str:
+    """How long the run (or sweep) takes here, from a training step timed on this machine and, when
+    there is one, the newest finished run like it; every number is measured, none assumed."""
+    if errors:
+        return "How long it takes is shown once the settings are valid."
+    from workbench import calibration
+
+    tasks = max(1, len(config["tasks"]))
+    try:
+        with st.spinner(f"Timing a few training steps of {config['backbone']} at {config['resolution']} px "
+                        "on this machine (once per setting)…"):
+            timing = timed_step(config["backbone"], config["resolution"], config["batch_size"],
+                                "taps" if config["tasks"] else config["method"], config["device"],
+                                bool(launcher.store.list_runs(status="running")), str(calibration.cache_path()))
+    except Exception as exc:  # noqa: BLE001 - a model that cannot be built here: say so, do not fail the page
+        return f"How long a run takes is unknown: timing a training step failed ({exc})."
+    host = socket.gethostname()
+    past = next((r for r in launcher.store.list_runs(status="done", limit=200) if comparable_run(r, config, host)),
+                None)
+    past_timing = past_run_timing(past["id"], past["finished_at"]) if past else None
+    epochs = total_epochs(config["epochs"], config.get("lam_path"), config.get("path_stage_epochs", 1))
+    train_images = config["train_subset"]
+    if not train_images:
+        return "How long a run takes is shown when the number of training images is set (0 trains on all of them)."
+    estimate = estimate_run(
+        steps=planned_steps(train_images, config["batch_size"], epochs), epochs=epochs,
+        eval_images=config["eval_subset"] or 0, step_s=timing["step_s"], eval_image_s=timing["eval_image_s"],
+        tasks=tasks, past=past_timing)
+    source = ("this machine's last run like it" if estimate.from_past_run
+              else f"a training step timed on this machine ({estimate.step_s:.2f} s)")
+    left_out = ([] if estimate.includes_startup else ["loading data and model"]) + (
+        [] if config["eval_subset"] else ["evaluating every validation and test image"])
+    text = (f"About **{format_duration(estimate.seconds)} per run** ({estimate.steps:,} steps), from {source}"
+            + (f", plus {' and '.join(left_out)}" if left_out else "") + ".")
+    if n_runs > 1:
+        total = sweep_seconds(estimate.seconds, n_runs, slots)
+        text += f" {n_runs} runs, {slots} at a time: about **{format_duration(total)}** in all."
+    return text
 
 
 launcher = ui.launcher()
@@ -259,19 +320,8 @@ if problem:
     errors.append(problem)
 n_runs = (len(lams) + (2 if baselines else 0)) if method in ("taps", "joint") and len(lams) > 1 else 1
 
-# A rough time: from this store's finished runs when there are any, else a measured CPU prior.
-device_text = ui.device()
-on_gpu = "cpu" not in device_text.lower().split("(")[0]
-history = launcher.store.list_runs(status="done", limit=50)
-images_per_epoch = (config["train_subset"] or 0) * max(1, len(tasks)) or None  # joint: every task's images
-all_epochs = total_epochs(config["epochs"], extra.get("lam_path"), extra.get("path_stage_epochs", 1))
-seconds = estimate_seconds(dict(config, train_subset=images_per_epoch, epochs=all_epochs), history,
-                           params_m=infos.get(backbone, {}).get("params_m"), on_gpu=on_gpu)
-estimate = (f"about {format_duration(seconds)} per run" if seconds is not None
-            else "time per run unknown until one like it has finished")
 slots = launcher.max_concurrent
-st.info(f"Trains on **{device_text}**, {estimate}. "
-        + (f"{n_runs} runs, {slots} at a time." if n_runs > 1 else ""), icon=":material/schedule:")
+st.info(f"Trains on **{ui.device()}**. " + run_time_text(config, n_runs, slots, errors), icon=":material/schedule:")
 
 label = f"Launch sweep ({n_runs} runs)" if n_runs > 1 else "Launch run"
 if st.button(label, type="primary", icon=":material/play_arrow:"):

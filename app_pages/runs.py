@@ -6,14 +6,24 @@ import streamlit as st
 
 from workbench import figures, ui
 from workbench.launcher import LOG_NAME
+from workbench.live import FigureCache, LiveRun, poll_seconds
 from workbench.store import STATUSES, TERMINAL
 from workbench.summaries import (final_scores, layer_report_rows, plural, run_label, run_progress, run_rows,
                                  task_scores)
 
 ACTIVE = ("queued", "running")
-REFRESH_S = 1.5
-HEATMAP_COLUMNS = 300  # steps drawn in the heatmap, however long the run
-CURVE_POINTS = 600
+TABLE_REFRESH_S = 10.0  # the table's progress column: a glance, not a live view
+# The runs table's columns: (header, width in px, number format, header help). 870 px in all, so
+# every column fits the 900 or so a 1400 px window leaves beside the sidebar; the run's id and
+# sweep are in the panel below the table.
+TABLE_COLUMNS = {
+    "status": ("status", 65, None, None), "name": ("name", 115, None, None), "progress": ("progress", 75, None, None),
+    "method": ("method", 85, None, None), "dataset": ("dataset", 95, None, None),
+    "backbone": ("backbone", 105, None, None), "λ": ("λ", 45, "%g", None), "test acc": ("test acc", 60, "%.3f", None),
+    "% task-specific layers": ("% layers", 60, "%.1f", "% task-specific layers"),
+    "% additional params": ("% params", 60, "%.1f", "% additional parameters over the backbone"),
+    "created": ("created", 105, None, None),
+}
 LOG_TAIL_BYTES = 6000
 STATUS_COLORS = {"queued": "gray", "running": "blue", "done": "green", "failed": "red", "cancelled": "orange"}
 
@@ -53,8 +63,17 @@ def _picked() -> None:
         ui.select_run(st.session_state["runs_table_ids"][picked[0]])
 
 
+def _table_column(key: str):
+    header, width, number_format, help_text = TABLE_COLUMNS[key]
+    if key == "progress":
+        return st.column_config.ProgressColumn(header, min_value=0.0, max_value=1.0, format="percent", width=width)
+    if number_format:
+        return st.column_config.NumberColumn(header, format=number_format, width=width, help=help_text)
+    return st.column_config.TextColumn(header, width=width, help=help_text)
+
+
 def runs_table() -> None:
-    """The table of runs; refreshed with the live panel while any run is queued or running."""
+    """The table of runs; refreshed every TABLE_REFRESH_S while any run is queued or running."""
     runs = launcher.list_runs(limit=1000)
     if any(r["status"] in ACTIVE for r in runs) != st.session_state["table_active"]:
         st.rerun()  # the last active run ended (or one started): switch refreshing on or off
@@ -64,22 +83,13 @@ def runs_table() -> None:
     st.session_state["runs_table_ids"] = [r["id"] for r in rows]
     st.dataframe(
         rows, key="runs_table", on_select=_picked, selection_mode="single-row", hide_index=True,
-        width="stretch", height=min(420, 38 + 35 * max(1, len(rows))),
-        column_order=["status", "name", "progress", "method", "dataset", "backbone", "λ", "test acc",
-                      "% task-specific layers", "% additional params", "sweep", "created", "id"],
-        column_config={
-            "status": st.column_config.TextColumn("status", width="small"),
-            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
-            "λ": st.column_config.NumberColumn("λ", format="%g"),
-            "test acc": st.column_config.NumberColumn("test acc", format="%.3f"),
-            "% task-specific layers": st.column_config.NumberColumn("% task-specific layers", format="%.1f"),
-            "% additional params": st.column_config.NumberColumn("% additional params", format="%.1f"),
-        })
+        width="stretch", height=min(420, 38 + 35 * max(1, len(rows))), placeholder=ui.MISSING,
+        column_order=list(TABLE_COLUMNS), column_config={key: _table_column(key) for key in TABLE_COLUMNS})
     if ui.selected_run() not in (None, st.session_state["panel_run"]):
         st.rerun()  # a row was picked: show that run below
 
 
-st.fragment(runs_table, run_every=REFRESH_S if st.session_state["table_active"] else None)()
+st.fragment(runs_table, run_every=TABLE_REFRESH_S if st.session_state["table_active"] else None)()
 st.divider()
 run = store.get_run(selected)
 st.session_state["panel_active"] = run["status"] in ACTIVE
@@ -96,26 +106,28 @@ def _log_tail(run_id: str) -> str:
         return ""
 
 
-def _heatmap_data(run: dict) -> tuple[list[int], list[list[float]]]:
-    every = max(1, -(-(run.get("total_steps") or run.get("last_step") or 1) // HEATMAP_COLUMNS))
-    steps, matrix = store.scores_matrix(run["id"], every=every)
-    last_step, last = store.scores_matrix(run["id"], limit=1)
-    if last_step and (not steps or steps[-1] != last_step[0]):
-        steps, matrix = steps + last_step, matrix + last
-    return steps, matrix
+def live_run(run_id: str) -> LiveRun:
+    """What this session has read of the run so far (read on from there at each poll)."""
+    live = st.session_state.get("live_run")
+    if live is None or live.run_id != run_id:
+        live = st.session_state["live_run"] = LiveRun(store, run_id)
+        st.session_state["live_figures"] = FigureCache()
+    return live
 
 
 def live_panel(run_id: str) -> None:
     run = launcher.get(run_id)
     if (run["status"] in ACTIVE) != st.session_state.get("panel_active"):
         st.rerun()  # started or ended: redraw the whole page (table, buttons, refresh on/off)
+    live = live_run(run_id)
+    live.poll(run)
+    if run["status"] == "running" and live_poll_changed(poll_seconds(live.step_seconds())):
+        st.rerun()  # the run's pace moved: poll at the new pace (a fragment's interval is set by a full run)
     st.subheader(f"{run_label(run)} :{STATUS_COLORS.get(run['status'], 'gray')}-badge[{run['status']}]")
     st.caption(f"`{run['id']}` · {run.get('method')} on {run.get('dataset')} with {run.get('backbone')}"
                + (f" · sweep {run['sweep']}" if run.get("sweep") else "")
                + (f" · {run['device']}" if run.get("device") and run["status"] != "queued" else ""))
-    steps = store.steps_since(run_id, 0)
-    epochs = store.epochs(run_id)
-    progress = run_progress(run, steps[-50:], epochs)
+    progress = run_progress(run, live.recent_steps, live.epochs)
     st.progress(progress.fraction, text=progress.text)
 
     b1, b2, _ = st.columns([1, 1, 6])
@@ -129,14 +141,14 @@ def live_panel(run_id: str) -> None:
         st.rerun()
     if run.get("error"):
         st.error(run["error"])
-    for epoch in epochs:
+    for epoch in live.epochs:
         if epoch.get("warning"):
             st.warning(f"Epoch {epoch['epoch'] + 1}: {epoch['warning']}")
 
-    last_epoch = epochs[-1] if epochs else {}
-    last_step = steps[-1] if steps else {}
+    last_epoch = live.epochs[-1] if live.epochs else {}
+    last_step = live.recent_steps[-1] if live.recent_steps else {}
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("epoch", f"{len(epochs)} / {run.get('epochs') or '?'}")
+    m1.metric("epoch", f"{len(live.epochs)} / {run.get('epochs') or '?'}")
     m2.metric("val accuracy", f"{last_epoch['val_acc']:.3f}" if last_epoch.get("val_acc") is not None else "–")
     layers = len(run.get("layer_names") or [])
     m3.metric("active layers", f"{last_step.get('active_layers', '–')} / "
@@ -145,42 +157,60 @@ def live_panel(run_id: str) -> None:
 
     if run["status"] == "queued":
         st.info("Queued: it starts when the runs before it have finished.")
-    elif not steps:
+    elif not live.last_step:
         st.info("Waiting for the first training steps (loading data and weights)…")
     else:
+        drawn = st.session_state["live_figures"]
+        identity = (run_id, run["status"])  # a new status (the run ended) draws its final figures at once
         c1, c2 = st.columns(2)
-        c1.plotly_chart(figures.loss_figure(figures.downsample(steps, CURVE_POINTS), tasks=run.get("tasks") or ()),
-                        key=f"loss-{run_id}")
-        if epochs:
-            c2.plotly_chart(figures.accuracy_figure(epochs), key=f"acc-{run_id}")
+        loss = drawn.get("loss", identity, live.version["steps"],
+                         lambda: figures.loss_figure(live.curve_steps, tasks=run.get("tasks") or ()))
+        c1.plotly_chart(loss, key=f"loss-{run_id}")
+        if live.epochs:
+            accuracy = drawn.get("accuracy", identity, live.version["epochs"],
+                                 lambda: figures.accuracy_figure(live.epochs))
+            c2.plotly_chart(accuracy, key=f"acc-{run_id}")
         else:
             c2.caption("Accuracy appears after the first epoch.")
-        hm_steps, matrix = _heatmap_data(run)
-        if matrix and run.get("layer_names"):
-            heatmap_mode = st.segmented_control(
+        if live.heatmap_scores and run.get("layer_names"):
+            mode = st.segmented_control(
                 "Heatmap shows", ["score", "gate"], default="score", key="heatmap_mode",
-                format_func={"score": "gate scores (white: at τ)", "gate": "on / off"}.get)
-            per_task = list(zip(*(task_scores(run, row) for row in matrix)))  # per task: (task, scores) per step
-            for k, blocks in enumerate(per_task):
-                task = blocks[0][0]
-                st.plotly_chart(figures.heatmap_figure(
-                    hm_steps, [b[1] for b in blocks], run["layer_names"],
-                    threshold=float(run["config"].get("threshold", 0.1)), mode=heatmap_mode or "score",
-                    title="Active layers (layers × training steps)" + (f": {task}" if task else "")),
-                    key=f"heatmap-{run_id}-{k}")
-    if run["status"] in TERMINAL:
-        report = layer_report_rows(run, final_scores(store, run_id))
-        if report:
-            with st.expander(f"Layer report: {sum(r['task-specific'] for r in report)} of {len(report)} "
-                             "layers task-specific"):
-                st.dataframe(report, hide_index=True, width="stretch")
-        if run.get("metrics"):
-            with st.expander("Final metrics"):
-                st.json(run["metrics"])
+                format_func={"score": "gate scores (white: at τ)", "gate": "on / off"}.get) or "score"
+            heatmaps = drawn.get("heatmaps", identity + (mode,), live.version["scores"],
+                                 lambda: heatmap_figures(run, live.heatmap_steps, live.heatmap_scores, mode))
+            for k, heatmap in enumerate(heatmaps):
+                st.plotly_chart(heatmap, key=f"heatmap-{run_id}-{k}")
     with st.expander("Log (last lines)", expanded=run["status"] == "failed"):
         st.code(_log_tail(run_id) or "(no output yet)", language="text")
-    with st.expander("Configuration"):
-        st.json(run["config"])
 
 
-st.fragment(live_panel, run_every=REFRESH_S if run["status"] in ACTIVE else None)(run["id"])
+def heatmap_figures(run: dict, steps: list[int], matrix: list[list[float]], mode: str) -> list:
+    """One active-layer heatmap per task (one for any run but a joint one)."""
+    per_task = list(zip(*(task_scores(run, row) for row in matrix)))  # per task: (task, scores) per step
+    return [figures.heatmap_figure(
+        steps, [b[1] for b in blocks], run["layer_names"], threshold=float(run["config"].get("threshold", 0.1)),
+        mode=mode, title="Active layers (layers × training steps)" + (f": {blocks[0][0]}" if blocks[0][0] else ""))
+        for blocks in per_task]
+
+
+def live_poll_changed(wanted_s: float) -> bool:
+    """Whether the pace the panel polls at is off by more than half from ``wanted_s``."""
+    current = st.session_state.get("live_poll_s")
+    return current is None or not current / 1.5 <= wanted_s <= current * 1.5
+
+
+if run["status"] in ACTIVE:  # read before the panel's first poll: its pace is known from the start
+    live_run(run["id"]).poll(run)
+    st.session_state["live_poll_s"] = poll_seconds(live_run(run["id"]).step_seconds())
+st.fragment(live_panel, run_every=st.session_state["live_poll_s"] if run["status"] in ACTIVE else None)(run["id"])
+if run["status"] in TERMINAL:
+    report = layer_report_rows(run, final_scores(store, run["id"]))
+    if report:
+        with st.expander(f"Layer report: {sum(r['task-specific'] for r in report)} of {len(report)} "
+                         "layers task-specific"):
+            st.dataframe(report, hide_index=True, width="stretch", placeholder=ui.MISSING)
+    if run.get("metrics"):
+        with st.expander("Final metrics"):
+            st.json(run["metrics"])
+with st.expander("Configuration"):
+    st.json(run["config"])

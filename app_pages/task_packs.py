@@ -47,6 +47,7 @@ if not packs:
     st.info("No task packs yet: every finished run writes one.")
     st.stop()
 st.dataframe([{k: v for k, v in p.items() if k != "path"} for p in packs], hide_index=True, width="stretch",
+             placeholder=ui.MISSING,
              column_order=["name", "dataset", "backbone", "method", "λ", "test acc", "layers", "pack bytes",
                            "full model bytes", "% of full", "run_id"],
              column_config={"λ": st.column_config.NumberColumn(format="%g"),

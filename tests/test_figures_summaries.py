@@ -4,7 +4,8 @@ import pytest
 
 from workbench import figures
 from workbench.store import RunStore
-from workbench.summaries import estimate_seconds, layer_patterns, pack_rows, run_progress, run_rows
+from workbench.summaries import (comparable_run, estimate_run, layer_patterns, measured_run_timing, pack_rows,
+                                 planned_steps, run_progress, run_rows, sweep_seconds)
 
 
 def test_pareto_front_keeps_exactly_the_undominated_points():
@@ -59,15 +60,45 @@ def test_run_progress_eta_from_finished_epochs_then_from_recent_steps():
     assert run_progress(dict(run, status="done", finished_at=1600.0), steps).text == "done after 10 min 00 s"
 
 
-def test_estimate_comes_from_the_newest_comparable_run_scaled_by_pixels():
-    config = dict(backbone="efficientnet_lite0", resolution=64, train_subset=2000, epochs=3)
-    assert estimate_seconds(config) == pytest.approx(0.006 * 6000)  # the measured CPU prior
-    past = dict(status="done", backbone="efficientnet_lite0", device="CPU (2 cores)", started_at=0.0,
-                finished_at=40.0, train_size=1000, config=dict(resolution=32, epochs=2))
-    # 40 s for 2,000 images at 32 px → 0.02 s/image; at 64 px ×4 → 0.08 s × 6,000 images
-    assert estimate_seconds(config, [past]) == pytest.approx(480.0)
-    assert estimate_seconds(config, [dict(past, backbone="resnet50")]) == pytest.approx(0.006 * 6000)
-    assert estimate_seconds(config, [past], on_gpu=True) is None
+def test_a_runs_estimate_scales_with_the_step_time_measured_here():
+    steps = planned_steps(2000, 32, 3)
+    assert steps == 62 * 3 and planned_steps(10, 32, 2) == 2  # full batches; one step when the data is smaller
+    one = estimate_run(steps=steps, epochs=3, eval_images=1000, step_s=0.5, eval_image_s=0.002)
+    # 186 steps of 0.5 s, and each epoch 1,000 validation and 1,000 test images at 2 ms
+    assert one.seconds == pytest.approx(186 * 0.5 + 3 * 2000 * 0.002) and not one.includes_startup
+    twice = estimate_run(steps=steps, epochs=3, eval_images=1000, step_s=1.0, eval_image_s=0.002)
+    assert twice.seconds - one.seconds == pytest.approx(186 * 0.5)  # twice the step time, twice the training
+    joint = estimate_run(steps=steps, epochs=3, eval_images=1000, step_s=0.5, eval_image_s=0.002, tasks=2)
+    assert joint.seconds == pytest.approx(2 * one.seconds)  # a batch of each task per step, both evaluated
+    # A finished run like it measured its own step (data loading included) and its start-up.
+    past = estimate_run(steps=steps, epochs=3, eval_images=1000, step_s=0.5, eval_image_s=0.002,
+                        past={"step_s": 0.6, "startup_s": 9.0})
+    assert past.seconds == pytest.approx(186 * 0.6 + 12 + 9.0) and past.from_past_run and past.includes_startup
+
+
+def test_a_sweep_takes_runs_times_a_run_over_the_runs_at_once():
+    assert sweep_seconds(90.0, 5, 1) == pytest.approx(450.0)  # a CPU machine: one at a time
+    assert sweep_seconds(90.0, 4, 2) == pytest.approx(180.0)
+    assert sweep_seconds(90.0, 2, 8) == pytest.approx(90.0)  # more slots than runs: one run's time
+
+
+def test_a_finished_run_measures_its_step_and_start_up():
+    run = dict(started_at=100.0, finished_at=140.0)
+    steps = [dict(step=s, epoch=(s - 1) // 4, t=100.0 + s * 0.5 + (10.0 if s > 4 else 0.0)) for s in range(1, 9)]
+    epochs = [dict(seconds=15.0), dict(seconds=15.0)]
+    timing = measured_run_timing(run, steps, epochs)
+    assert timing == {"step_s": 0.5, "startup_s": 10.0}  # the 10.5 s across the evaluation is not a step
+    assert measured_run_timing(run, steps[:1], epochs) is None
+
+
+def test_only_a_finished_run_on_this_host_with_the_same_step_is_comparable():
+    config = dict(backbone="efficientnet_lite0", method="taps", resolution=64, batch_size=32, device="auto", tasks=[])
+    run = dict(status="done", host="here", backbone="efficientnet_lite0", config=dict(config, lam=1.0, epochs=5))
+    assert comparable_run(run, config, "here")  # λ and epochs change the number of steps, not a step
+    assert not comparable_run(run, config, "elsewhere")
+    assert not comparable_run(dict(run, status="failed"), config, "here")
+    for change in (dict(resolution=32), dict(batch_size=64), dict(method="finetune"), dict(tasks=["a", "b"])):
+        assert not comparable_run(dict(run, config=dict(run["config"], **change)), config, "here"), change
 
 
 def test_tables_from_a_store(tmp_path):

@@ -5,6 +5,7 @@ with :mod:`workbench.figures`, so both show the same numbers.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +17,11 @@ from .store import TERMINAL, RunStore
 
 __all__ = [
     "run_rows", "RunProgress", "run_progress", "final_scores", "layer_patterns", "layer_report_rows", "task_scores",
-    "estimate_seconds", "pack_rows", "format_duration", "run_label", "run_lam", "run_to_follow", "plural",
+    "planned_steps", "comparable_run", "measured_run_timing", "RunEstimate", "estimate_run", "sweep_seconds",
+    "pack_rows", "format_duration", "run_label", "run_lam", "run_to_follow", "plural",
 ]
 
 BYTES_PER_PARAM = 4  # float32 checkpoints
-# CPU seconds per training image at 64 px for EfficientNet-Lite0, training and evaluation included
-# (measured on the 2-core reference machine, channels-last: 3 epochs × 2,000 images ≈ 35 s). Used to
-# estimate a run's time until the store has a finished run of the same kind to measure from.
-PRIOR_SECONDS_PER_IMAGE = 0.006
-PRIOR_RESOLUTION = 64
-PRIOR_PARAMS_M = 4.65
 
 
 def format_duration(seconds: float | None) -> str:
@@ -204,33 +200,62 @@ def layer_patterns(store: RunStore, runs: Sequence[dict]) -> tuple[list[dict], l
     return rows, names or [], kinds or [], tau
 
 
-def _scale(config: dict, params_m: float | None) -> float:
-    res = (config.get("resolution") or PRIOR_RESOLUTION) / PRIOR_RESOLUTION
-    return res * res * ((params_m or PRIOR_PARAMS_M) / PRIOR_PARAMS_M)
+def planned_steps(train_images: int, batch_size: int, epochs: int) -> int:
+    """Training steps of a run, as the trainer counts them: full batches only (one step an epoch
+    when there are fewer images than a batch)."""
+    per_epoch = train_images // batch_size if train_images >= batch_size else 1
+    return per_epoch * epochs
 
 
-def estimate_seconds(config: dict, history: Iterable[dict] = (), *, params_m: float | None = None,
-                     on_gpu: bool = False) -> float | None:
-    """A rough wall time for a run of ``config``: from the most recent finished run in
-    ``history`` on the same backbone and kind of device (its seconds per training image, scaled by
-    resolution²), else, on CPU, from a measured prior scaled by resolution² and model size.
-    None when there is nothing to go on (a GPU with no finished run yet)."""
-    images = (config.get("train_subset") or 0) * (config.get("epochs") or 0)
-    if not images:
+def comparable_run(run: dict, config: dict, host: str) -> bool:
+    """A finished run on this host whose steps cost what ``config``'s will: same backbone,
+    method, resolution, batch size, device request and number of tasks."""
+    past = run.get("config") or {}
+    return (run.get("status") == "done" and run.get("host") == host and run.get("backbone") == config.get("backbone")
+            and all(past.get(k) == config.get(k) for k in ("method", "resolution", "batch_size", "device"))
+            and len(past.get("tasks") or []) == len(config.get("tasks") or []))
+
+
+def measured_run_timing(run: dict, steps: Sequence[dict], epochs: Sequence[dict]) -> dict | None:
+    """What a finished run measured: its median step (the time between consecutive steps of one
+    epoch: the step after an evaluation is left out) and its start-up and wrap-up (wall time less
+    its epochs, evaluation included). None when it has too few steps to say."""
+    gaps = [b["t"] - a["t"] for a, b in zip(steps, steps[1:])
+            if a.get("t") and b.get("t") and a.get("epoch") == b.get("epoch") and b["step"] == a["step"] + 1]
+    if not gaps:
         return None
-    for run in history:
-        if (run.get("status") != "done" or run.get("backbone") != config.get("backbone")
-                or run.get("started_at") is None or run.get("finished_at") is None or not run.get("train_size")):
-            continue
-        if ("cpu" in str(run.get("device") or "").lower()) == on_gpu:
-            continue
-        past = run.get("config") or {}
-        seen = run["train_size"] * (past.get("epochs") or 1)
-        per_image = (run["finished_at"] - run["started_at"]) / seen
-        return per_image * images * _scale(config, None) / _scale(past, None)
-    if on_gpu:
-        return None
-    return PRIOR_SECONDS_PER_IMAGE * images * _scale(config, params_m)
+    startup = None
+    if run.get("started_at") and run.get("finished_at") and epochs:
+        startup = max(0.0, run["finished_at"] - run["started_at"] - sum(e.get("seconds") or 0 for e in epochs))
+    return {"step_s": statistics.median(gaps), "startup_s": startup}
+
+
+@dataclass
+class RunEstimate:
+    seconds: float  # training and evaluation, plus start-up when a past run measured it
+    steps: int
+    step_s: float
+    includes_startup: bool
+    from_past_run: bool  # the step time is a finished run's own, not the probe's
+
+
+def estimate_run(*, steps: int, epochs: int, eval_images: int, step_s: float, eval_image_s: float,
+                 tasks: int = 1, past: dict | None = None) -> RunEstimate:
+    """A run's wall time from this machine's timings: ``steps`` training steps at ``step_s`` (the
+    probe's) and, every epoch, ``eval_images`` validation and as many test images at
+    ``eval_image_s``, for each of ``tasks`` (a joint step trains a batch of every task). A finished
+    run like it (:func:`measured_run_timing`) replaces the probe's step, which leaves out data
+    loading, with its own, and adds its start-up."""
+    per_step = past["step_s"] if past else step_s * tasks
+    startup = (past or {}).get("startup_s")
+    seconds = steps * per_step + epochs * 2 * eval_images * tasks * eval_image_s + (startup or 0.0)
+    return RunEstimate(seconds, steps, per_step, startup is not None, past is not None)
+
+
+def sweep_seconds(per_run_s: float, runs: int, at_once: int) -> float:
+    """Wall time of ``runs`` runs of ``per_run_s`` each, ``at_once`` of them training together
+    (the launcher's max_concurrent): runs × per run / concurrency."""
+    return runs * per_run_s / max(1, min(at_once, runs))
 
 
 def pack_rows(store: RunStore, runs: Iterable[dict]) -> list[dict]:

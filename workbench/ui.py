@@ -20,6 +20,7 @@ FRONTIER_PAGE = "app_pages/frontier.py"
 PATTERNS_PAGE = "app_pages/layer_patterns.py"
 PACKS_PAGE = "app_pages/task_packs.py"
 
+MISSING = "–"  # what a table cell shows for a value a run does not have (a baseline's λ): not "None"
 RUN_KEY = "run"  # the selected run: in session state, and in the URL so a reload keeps it
 
 
