@@ -11,14 +11,6 @@ SHIPPED_FOLDERS = ("taps", "workbench", "app_pages", "benchmarks", "scripts")  #
 MAX_LINES = 400
 LONG_REASON = "Long because"  # a line of the module docstring that starts so states why it is long
 
-# taps/trainer.py and taps/joint.py are being rewritten into one training engine (issue 22, item
-# 1), which removes these offences. Delete each entry when its offence is gone: the last test
-# below fails while an entry names something that no longer offends, so the checks only tighten.
-BEING_REWRITTEN_LOOPS = {frozenset({"taps.trainer", "taps.joint"})}     # train() imports joint lazily
-BEING_REWRITTEN_PRIVATE_IMPORTS = {("taps.joint", "taps.trainer._emit")}
-BEING_REWRITTEN_LONG_MODULES = {"taps.trainer"}
-
-
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -29,13 +21,27 @@ MODULES = {module_name(p): p for p in [ROOT / "app.py", *(p for folder in SHIPPE
 TREES = {name: ast.parse(path.read_text(encoding="utf-8"), str(path)) for name, path in MODULES.items()}
 
 
+def runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` but those under ``if TYPE_CHECKING:``."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack.extend(child.orelse)
+            else:
+                stack.append(child)
+
+
 def import_statements(module: str) -> list[tuple[str, str | None]]:
     """(dotted module, name or None) for every import in ``module``, at any depth (an import
-    inside a function is still a dependency: a lazy import hides a loop, it does not remove it),
-    relative imports made absolute; ``from package import sub`` names the module ``package.sub``."""
+    inside a function is still a dependency: a lazy import hides a loop, it does not remove it;
+    one under ``if TYPE_CHECKING:`` is for type hints only and never runs), relative imports made
+    absolute; ``from package import sub`` names the module ``package.sub``."""
     package = module if MODULES[module].name == "__init__.py" else module.rpartition(".")[0]
     found = []
-    for node in ast.walk(TREES[module]):
+    for node in runtime_nodes(TREES[module]):
         if isinstance(node, ast.Import):
             found += [(alias.name, None) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -129,7 +135,8 @@ def test_the_checks_see_the_whole_project():
     # the import reader resolves relative, nested and lazy imports to modules
     assert ("taps.glyphs", None) in imported("taps.data.sources")                  # from .. import glyphs
     assert ("taps.data.folders", "class_dirs") in imported("taps.data.manifests")  # from .folders import …
-    assert ("taps.joint", "train_joint") in imported("taps.trainer")                # inside train()
+    assert ("taps.data", "load_dataset") in imported("taps.tasks")
+    assert ("taps.train_config", "TrainConfig") not in imported("taps.tasks")       # type hints only
     assert ("workbench.store", "RunStore") in imported("workbench.worker")
 
 
@@ -143,19 +150,12 @@ def test_every_import_of_a_project_module_finds_it():
 
 
 def test_no_import_loops():
-    assert import_loops() - BEING_REWRITTEN_LOOPS == set()
+    assert import_loops() == set()
 
 
 def test_no_private_name_is_imported_from_another_module():
-    assert private_imports() - BEING_REWRITTEN_PRIVATE_IMPORTS == set()
+    assert private_imports() == set()
 
 
 def test_no_module_is_long_without_a_stated_reason():
-    long = {m: n for m, n in long_modules().items() if m not in BEING_REWRITTEN_LONG_MODULES}
-    assert long == {}, f"split these modules, or start a line of their docstring with {LONG_REASON!r}"
-
-
-def test_the_allow_list_names_only_current_offenders():
-    assert BEING_REWRITTEN_LOOPS <= import_loops()
-    assert BEING_REWRITTEN_PRIVATE_IMPORTS <= private_imports()
-    assert BEING_REWRITTEN_LONG_MODULES <= set(long_modules())
+    assert long_modules() == {}, f"split these modules, or start a line of their docstring with {LONG_REASON!r}"
