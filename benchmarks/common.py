@@ -18,6 +18,8 @@ CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by scripts/install-system-
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from workbench.calibration import cpu_name  # noqa: E402  (ROOT on the path first)
+
 
 def parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
     """The arguments all benchmarks take: ``--quick`` (a smoke run in seconds, what CI runs) and
@@ -38,7 +40,7 @@ def result_path(name: str, args) -> Path:
 def machine() -> dict:
     """Where the numbers come from, recorded beside them."""
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "processor": _cpu_model(), **_cpu_generation()}
+            "processor": cpu_name(), **_cpu_generation()}
     try:
         import torch
 
@@ -62,16 +64,6 @@ def _cpu_generation() -> dict:
     flags = set(fields.get("flags", "").split())
     vector = next((isa for isa in ("avx512f", "avx2", "avx") if isa in flags), "none")
     return {"cpu_family": fields.get("cpu family"), "cpu_model": fields.get("model"), "vector_isa": vector}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], repeat: int, warmup: int = 2,

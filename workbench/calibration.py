@@ -54,7 +54,8 @@ def cache_path() -> Path:
     return Path(os.environ.get("TAPS_CACHE_DIR") or "~/.cache/taps").expanduser() / CACHE_NAME
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (machines of one name differ several-fold in speed: part of the key)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -69,7 +70,7 @@ def machine_key(setting: ProbeSetting) -> str:
     import torch
 
     return "|".join(str(part) for part in (
-        socket.gethostname(), _cpu_name(), torch.__version__, torch.get_num_threads(), setting.device,
+        socket.gethostname(), cpu_name(), torch.__version__, torch.get_num_threads(), setting.device,
         setting.backbone, setting.method, setting.resolution, setting.batch_size))
 
 
