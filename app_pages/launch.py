@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from taps.schedule import total_epochs
+from taps.training.schedule import total_epochs
 from workbench import paths, ui
 from workbench.summaries import (comparable_run, estimate_run, format_duration, measured_run_timing, planned_steps,
                                  run_to_follow, sweep_seconds)
@@ -43,14 +43,14 @@ def datasets() -> list[dict]:
 
 @st.cache_data(show_spinner=False)
 def train_defaults() -> dict:
-    from taps.trainer import TrainConfig
+    from taps.training.trainer import TrainConfig
 
     return TrainConfig().to_dict()
 
 
 @st.cache_data(show_spinner=False)
 def norm_stats_choices() -> tuple[str, ...]:
-    from taps.trainer import NORM_STATS
+    from taps.training.trainer import NORM_STATS
 
     return NORM_STATS
 
@@ -71,7 +71,7 @@ def number_field(where, label: str, field: str, value, **kwargs):
 def config_problem(config: dict) -> str | None:
     """TrainConfig.validate's message for ``config``, shown under its field; None when it is valid."""
     from taps.errors import ConfigError
-    from taps.trainer import TrainConfig
+    from taps.training.trainer import TrainConfig
 
     try:
         TrainConfig.from_dict(config).validate()

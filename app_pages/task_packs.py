@@ -18,8 +18,8 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
 def pack_contents(path: str, mtime: float, base_params: int) -> tuple[dict, dict]:
     """(metadata, what the pack costs): the numbers come from ``taps.pack_stats`` on the pack
     itself, the function the library and ``MultiTaskModel.report`` use."""
-    from taps.packs import read_pack
-    from taps.stats import pack_stats
+    from taps.method.packs import read_pack
+    from taps.method.stats import pack_stats
 
     pack = read_pack(path)
     return pack.metadata, pack_stats(pack, base_params).to_dict()

@@ -8,7 +8,7 @@ and LoRA (peft).
 
 Every method trains the same pretrained EfficientNet-Lite0 (ImageNet weights) on the same
 subset at the same resolution, epochs, batch and schedule (TrainConfig's defaults):
-  --baselines (feature extractor, full fine-tuning)  the paper's baselines (taps.methods)
+  --baselines (feature extractor, full fine-tuning)  the paper's baselines (taps.training.methods)
   TAPS λ ∈ --lams                                    learned layer selection
   TAPS budget --budget-pct % of layers               λ found during training (budget mode)
   manual freeze                                      the last k layers, k = the layers the budget
@@ -46,12 +46,12 @@ def train_lora(config, rank: int, lr: float) -> dict:
     from torch import nn
     from torch.utils.data import DataLoader
 
-    from taps.adaptation import find_head, norm_layers
+    from taps.method.adaptation import find_head, norm_layers
     from taps.backbones import create_backbone, input_normalization
-    from taps.stats import norm_state_numel
-    from taps.schedule import build_scheduler
-    from taps.trainer import Normalize, eval_loader, evaluate, load_task_data, prepare_run, seed_everything
-    from taps.methods import set_train_mode
+    from taps.method.stats import norm_state_numel
+    from taps.training.schedule import build_scheduler
+    from taps.training.trainer import Normalize, eval_loader, evaluate, load_task_data, prepare_run, seed_everything
+    from taps.training.methods import set_train_mode
 
     _, device = prepare_run(config)
     data = load_task_data(config, config.dataset)
@@ -94,7 +94,7 @@ def train_lora(config, rank: int, lr: float) -> dict:
 
 
 def train_method(config) -> dict:
-    from taps.trainer import train
+    from taps.training.trainer import train
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--ranks", type=int, nargs="*", default=[4, 16])
     args = p.parse_args(argv)
 
-    from taps.trainer import TrainConfig
+    from taps.training.trainer import TrainConfig
 
     base = TrainConfig(**({"dataset": args.dataset} if args.dataset else {}))
     if args.quick:

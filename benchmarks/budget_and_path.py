@@ -30,7 +30,7 @@ POINT_KEYS = ("test_acc", "val_acc", "task_specific_layers_pct", "additional_par
 
 
 def timed_train(config) -> tuple[object, float, int]:
-    from taps.trainer import train
+    from taps.training.trainer import train
     from tests.helpers import Recorder
 
     rec = Recorder()
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = p.parse_args(argv)
 
-    from taps.trainer import TrainConfig
+    from taps.training.trainer import TrainConfig
 
     base = TrainConfig()
     if args.quick:

@@ -36,7 +36,7 @@ def task_models(backbone: str, device, tmp: Path):
 
     import taps
     from taps.backbones import create_backbone
-    from taps.multitask import MultiTaskModel
+    from taps.method.multitask import MultiTaskModel
     from tests.helpers import scramble
 
     packs = {}

@@ -29,8 +29,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from taps.inference import evaluate_on
-    from taps.multitask import MultiTaskModel
-    from taps.trainer import TrainConfig, train
+    from taps.method.multitask import MultiTaskModel
+    from taps.training.trainer import TrainConfig, train
 
     base = TrainConfig(lam=args.lam)
     if args.quick:

@@ -49,7 +49,7 @@ class StepClock:
 
 
 def run_once(config) -> dict:
-    from taps.trainer import train
+    from taps.training.trainer import train
 
     clock = StepClock(config.gate_freeze if config.method == "taps" else None)
     t0 = time.perf_counter()
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args(argv)
 
-    from taps.trainer import TrainConfig
+    from taps.training.trainer import TrainConfig
 
     base = TrainConfig()  # the README's offline default
     if args.quick:

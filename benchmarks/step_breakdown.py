@@ -35,8 +35,8 @@ def pieces(backbone: str) -> dict:
     import taps
     from taps import tensor_layout
     from taps.backbones import create_backbone
-    from taps.composition import ComposeWeights
-    from taps.layers import prime_gates
+    from taps.method.composition import ComposeWeights
+    from taps.method.layers import prime_gates
 
     # Channels-last, as the trainer keeps convolutions on CPU: the pieces walk weights in that layout.
     model = taps.adapt(create_backbone(backbone, 10, "none")).to(memory_format=torch.channels_last)

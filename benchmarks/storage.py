@@ -41,7 +41,7 @@ def by_share(backbone: str, tmp: Path) -> list[dict]:
 
     import taps
     from taps.backbones import create_backbone
-    from taps.methods import fix_gates
+    from taps.training.methods import fix_gates
 
     model = create_backbone(backbone, 10, "none")
     full = full_checkpoint_bytes(model, tmp)

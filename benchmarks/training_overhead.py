@@ -70,8 +70,8 @@ def build_step(kind: str, backbone: str, resolution: int, batch: int, device):
 
     import taps
     from taps.backbones import create_backbone
-    from taps.layers import prime_gates, set_gates_learning
-    from taps.trainer import TrainConfig, build_optimizer, mixed_precision_dtype, uses_channels_last
+    from taps.method.layers import prime_gates, set_gates_learning
+    from taps.training.trainer import TrainConfig, build_optimizer, mixed_precision_dtype, uses_channels_last
     from tests.helpers import scramble
 
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def peak_memory_child(measure: str, kind: str, backbone: str, resolution: int, b
     each has its own, since tracing allocations costs resident memory of its own."""
     import torch
 
-    import taps.trainer  # noqa: F401  (imports are not what a step holds)
+    import taps.training.trainer  # noqa: F401  (imports are not what a step holds)
     from benchmarks.allocated_memory import AllocationTrace
 
     device = torch.device(device_name)

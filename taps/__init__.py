@@ -6,20 +6,24 @@
     taps.save_pack(model, "flowers.taps.safetensors")       # only what the task adds
     plain = taps.merge(model)                                # zero-overhead inference
 
+The method is the package ``taps.method`` (gated layers, composition, adaptation, penalty, packs,
+merging, stats); the training around it is ``taps.training`` (settings, the one training loop,
+task sets, sparsity schedules, checkpoints, events), fed by ``taps.data`` and ``taps.backbones``.
+
 Names are imported on first use (PEP 562), so light modules such as ``taps.errors`` can be
 imported without loading torch — the dashboard process stays small and starts fast.
 """
 import importlib
 
 _EXPORTS = {
-    "adaptation": ["adapt", "find_head", "gated_layers", "norm_layers", "set_threshold"],
-    "config": ["TAPSConfig"],
-    "layers": ["GatedConv2d", "GatedLayer", "GatedLinear", "hard_gate", "set_gates_learning"],
-    "merging": ["merge"],
-    "multitask": ["MultiTaskModel", "MultiTaskReport"],
-    "packs": ["PackError", "TaskPack", "load_pack", "read_pack", "save_pack"],
-    "penalty": ["SparsityPenalty", "penalty_weights", "sparsity_penalty"],
-    "stats": ["LayerInfo", "TaskStats", "decathlon_score", "layer_report", "pack_stats", "parameter_multiplier",
+    "method.adaptation": ["adapt", "find_head", "gated_layers", "norm_layers", "set_threshold"],
+    "method.config": ["TAPSConfig"],
+    "method.layers": ["GatedConv2d", "GatedLayer", "GatedLinear", "hard_gate", "set_gates_learning"],
+    "method.merging": ["merge"],
+    "method.multitask": ["MultiTaskModel", "MultiTaskReport"],
+    "method.packs": ["PackError", "TaskPack", "load_pack", "read_pack", "save_pack"],
+    "method.penalty": ["SparsityPenalty", "penalty_weights", "sparsity_penalty"],
+    "method.stats": ["LayerInfo", "TaskStats", "decathlon_score", "layer_report", "pack_stats", "parameter_multiplier",
               "summarize"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -9,8 +9,8 @@ import typing
 from tqdm import tqdm
 
 from .errors import TAPSError, exit_code_of
-from .packs import PackError
-from .trainer import EpochEvent, StartEvent, StepEvent, TrainConfig, train
+from .method.packs import PackError
+from .training.trainer import EpochEvent, StartEvent, StepEvent, TrainConfig, train
 
 
 TRAIN_EXAMPLES = """examples:
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taps", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train one task (TAPS or a baseline)", formatter_class=_HelpFormatter,
-                             description="Train one task: every setting of taps.trainer.TrainConfig is a flag.",
+                             description="Train one task: every setting of taps.training.trainer.TrainConfig is a flag.",
                              epilog=TRAIN_EXAMPLES)
     add_config_arguments(p_train)
     p_train.add_argument("--resume", action="store_true", help="continue from out_dir's checkpoint")

@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader
 
 from .backbones import create_backbone, input_normalization, resolve_device
 from .data import eval_transform, load_dataset
-from .merging import merge
-from .packs import PackError, TaskPack, load_pack, read_pack
-from .evaluation import Normalize, evaluate
+from .method.merging import merge
+from .method.packs import PackError, TaskPack, load_pack, read_pack
+from .training.evaluation import Normalize, evaluate
 
 
 def load_task_model(pack_path: str | Path, *, weights: str = "auto", checkpoint: str | None = None,

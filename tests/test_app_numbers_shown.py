@@ -8,7 +8,7 @@ import os
 import pytest
 
 import taps
-from taps.trainer import TrainConfig
+from taps.training.trainer import TrainConfig
 from app_testing import TINY, app
 from helpers import scramble, tiny_resnet
 from workbench.store import RunStore

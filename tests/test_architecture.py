@@ -133,10 +133,10 @@ def long_modules() -> dict[str, int]:
 def test_the_checks_see_the_whole_project():
     assert {"taps", "taps.data.loading", "workbench.store.runs", "app", "app_pages.launch"} <= set(MODULES)
     # the import reader resolves relative, nested and lazy imports to modules
-    assert ("taps.glyphs", None) in imported("taps.data.sources")                  # from .. import glyphs
+    assert ("taps.data.glyphs", None) in imported("taps.data.sources")                  # from .. import glyphs
     assert ("taps.data.folders", "class_dirs") in imported("taps.data.manifests")  # from .folders import …
-    assert ("taps.data", "load_dataset") in imported("taps.tasks")
-    assert ("taps.train_config", "TrainConfig") not in imported("taps.tasks")       # type hints only
+    assert ("taps.data", "load_dataset") in imported("taps.training.tasks")
+    assert ("taps.training.train_config", "TrainConfig") not in imported("taps.training.tasks")       # type hints only
     assert ("workbench.store", "RunStore") in imported("workbench.worker")
 
 

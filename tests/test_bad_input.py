@@ -15,15 +15,15 @@ import torch
 from safetensors.torch import save_file
 
 import taps
-import taps.tasks
+import taps.training.tasks
 from taps.backbones import create_backbone
-from taps.budget import LayerCosts
+from taps.training.budget import LayerCosts
 from taps.data import load_dataset
 from taps.errors import (ConfigError, TrainingError, UnknownBackboneError, UnknownDatasetError,
                          WeightsUnavailableError)
-from taps.trainer import CHECKPOINT, TrainConfig, train
+from taps.training.trainer import CHECKPOINT, TrainConfig, train
 from test_data import _png, _truncated_jpeg
-from taps.layers import prime_gates
+from taps.method.layers import prime_gates
 from tests.helpers import FAST_RUN, scramble, tiny_resnet
 from workbench import worker
 from workbench.launcher import Launcher
@@ -90,8 +90,8 @@ def test_bad_settings_are_refused_naming_the_field_before_anything_is_allocated(
     def allocate(*args, **kwargs):
         raise AssertionError("bad settings reached data loading or model building")
 
-    monkeypatch.setattr(taps.tasks, "load_dataset", allocate)
-    monkeypatch.setattr(taps.tasks, "create_backbone", allocate)
+    monkeypatch.setattr(taps.training.tasks, "load_dataset", allocate)
+    monkeypatch.setattr(taps.training.tasks, "create_backbone", allocate)
     with pytest.raises(ConfigError, match=message):
         train(TrainConfig(**config))
 

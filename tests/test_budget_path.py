@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import taps
-from taps.budget import BudgetController, LayerCosts, project_to_budget
+from taps.training.budget import BudgetController, LayerCosts, project_to_budget
 from taps.errors import ConfigError
 from taps.inference import evaluate_pack
-from taps.schedule import build_scheduler, lam_at, plan_stages
-from taps.trainer import TrainConfig, train
+from taps.training.schedule import build_scheduler, lam_at, plan_stages
+from taps.training.trainer import TrainConfig, train
 from tests.helpers import FAST_RUN, Recorder, tiny_resnet
 from speed import patience
 

@@ -11,7 +11,7 @@ import sys
 import time
 
 from taps.cli import ConsoleProgress
-from taps.trainer import EpochEvent, StartEvent, StepEvent, TrainConfig
+from taps.training.trainer import EpochEvent, StartEvent, StepEvent, TrainConfig
 from speed import patience
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import taps
-from taps.composition import PRECOMPOSED, ComposeOncePerForward
+from taps.method.composition import PRECOMPOSED, ComposeOncePerForward
 from tests.helpers import scramble, tiny_resnet
 
 

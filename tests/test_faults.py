@@ -23,7 +23,7 @@ import taps.fileio
 from app_testing import app
 from taps.errors import DiskFullError
 from taps.inference import load_task_model
-from taps.trainer import CHECKPOINT, PACK, TrainConfig
+from taps.training.trainer import CHECKPOINT, PACK, TrainConfig
 from tests.helpers import (FAST_RUN, disk_full, faulty_open, kill_this_process, poll_until, scramble,
                            step_numbers, tiny_resnet)
 from workbench import worker

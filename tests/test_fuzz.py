@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 import taps
 from taps.backbones import create_backbone
 from taps.errors import TAPSError
-from taps.trainer import TrainConfig
+from taps.training.trainer import TrainConfig
 from tests.helpers import FAST_RUN, scramble
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,

@@ -1,4 +1,4 @@
-"""The hanzi task (handwriting-style glyphs drawn from stroke data, taps/glyphs.py), on a small
+"""The hanzi task (handwriting-style glyphs drawn from stroke data, taps/data/glyphs.py), on a small
 version of it: generated deterministically, splits that share no image, no flip, and a task that
 fine-tuning and TAPS both learn within one epoch (a random head once kept fine-tuning at chance)."""
 import hashlib
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from taps import glyphs
+from taps.data import glyphs
 from taps.data import get_manifest, load_dataset
 from taps.errors import DatasetUnavailableError
-from taps.trainer import TrainConfig, chance_warning, train
+from taps.training.trainer import TrainConfig, chance_warning, train
 
 SMALL_CHARS = ["未", "末", "土", "士", "大", "太", "日", "曰", "干", "千"]  # five near-twin pairs
 
@@ -124,8 +124,8 @@ def test_finetuning_keeps_the_pretrained_features_alive():
     With the zero-initialised head, about three quarters are zero, as in the pretrained model."""
     from torch.utils.data import DataLoader
 
-    from taps.trainer import Normalize, build_model, build_optimizer, input_normalization, load_task_data
-    from taps.methods import set_train_mode
+    from taps.training.trainer import Normalize, build_model, build_optimizer, input_normalization, load_task_data
+    from taps.training.methods import set_train_mode
 
     config = TrainConfig(method="finetune", train_subset=320, eval_subset=50)
     data = load_task_data(config, config.dataset)

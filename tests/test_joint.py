@@ -7,10 +7,10 @@ from safetensors.torch import load_file
 
 from taps.backbones import create_backbone
 from taps.inference import evaluate_on
-from taps.joint import BASE, train_memory_efficient
-from taps.multitask import MultiTaskModel
-from taps.packs import read_pack
-from taps.trainer import CHECKPOINT, TrainConfig, train
+from taps.training.joint import BASE, train_memory_efficient
+from taps.method.multitask import MultiTaskModel
+from taps.method.packs import read_pack
+from taps.training.trainer import CHECKPOINT, TrainConfig, train
 from tests.helpers import FAST_RUN, Recorder
 
 TASKS = ["fashion-mnist", "digits"]
@@ -147,7 +147,7 @@ def test_joint_run_under_float16_scales_its_losses(monkeypatch):
     """The float16 path taken on older GPUs, exercised here on the CPU: every task's loss is
     scaled before its backward pass and the step unscales the summed gradients, so the run
     trains as in full precision (without the unscaling its steps would be 2¹⁶ times too large)."""
-    import taps.trainer as trainer_module
+    import taps.training.trainer as trainer_module
 
     config = dict(FAST_JOINT, epochs=1, train_subset=32)  # 2 steps
     full = train(TrainConfig(**config))

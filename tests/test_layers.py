@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import taps
-from taps.layers import GatedConv2d, GatedLinear
+from taps.method.layers import GatedConv2d, GatedLinear
 
 
 def _gated_linear(score: float) -> GatedLinear:
@@ -179,7 +179,7 @@ def test_composition_buffer_follows_the_layer_to_another_dtype():
 def test_primed_gates_are_used_until_the_score_or_threshold_changes(monkeypatch):
     """The trainer primes gate states from its one batched score read per step, so a forward
     pass on a GPU does not sync once per layer; any change of the score or τ re-reads it."""
-    from taps.layers import prime_gates
+    from taps.method.layers import prime_gates
 
     layer = _gated_linear(0.5)
     x = torch.randn(3, 6)
@@ -207,7 +207,7 @@ def test_frozen_gates_give_the_same_gradients_and_skip_what_is_not_wanted(recomp
     """With the scores frozen (after the gate freeze), an on layer's δ gets the very gradient it
     got while the gates learned, and an off layer runs on w̄ untracked: its convolution has no
     weight input to differentiate, so the weight-gradient work is skipped."""
-    from taps.layers import set_gates_learning
+    from taps.method.layers import set_gates_learning
 
     torch.manual_seed(0)
     x = torch.randn(4, 3, 9, 9, requires_grad=True)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import taps
 from taps.errors import ConfigError
-from taps.methods import layers_for_budget, prepare_model, set_train_mode
+from taps.training.methods import layers_for_budget, prepare_model, set_train_mode
 from tests.helpers import tiny_resnet
 
 

@@ -6,9 +6,9 @@ import torch
 
 import taps
 from taps.inference import evaluate_on
-from taps.multitask import MultiTaskModel
-from taps.packs import PackError
-from taps.trainer import TrainConfig, train
+from taps.method.multitask import MultiTaskModel
+from taps.method.packs import PackError
+from taps.training.trainer import TrainConfig, train
 from tests.helpers import scramble, tiny_resnet
 
 
@@ -130,7 +130,7 @@ def test_two_offline_tasks_in_one_model_keep_their_single_task_accuracy(tmp_path
         assert got["dataset"] == dataset and got["accuracy"] == result.metrics["test_acc"]
     report = mt.report()
     assert report.tasks["digits"].active_layers == runs["digits"].metrics["active_layers"]
-    from taps.stats import TaskStats
+    from taps.method.stats import TaskStats
 
     trained = [TaskStats(**{k: r.metrics[k] for k in TaskStats.__dataclass_fields__}) for r in runs.values()]
     assert report.parameter_multiplier == pytest.approx(taps.parameter_multiplier(trained))

@@ -7,7 +7,7 @@ from timm.layers import Conv2dSame
 from torch import nn
 
 import taps
-from taps.layers import GATED_TYPES
+from taps.method.layers import GATED_TYPES
 from tests.helpers import tiny_resnet
 
 LAYERS = {
@@ -116,8 +116,8 @@ def test_recomputing_under_cpu_autocast_matches_the_plain_layer():
 
 
 def test_training_config_switches_recomputing_on_and_keeps_resume_compatible():
-    from taps.checkpoint import resume_key
-    from taps.trainer import TrainConfig
+    from taps.training.checkpoint import resume_key
+    from taps.training.trainer import TrainConfig
 
     model = taps.adapt(tiny_resnet(), TrainConfig(recompute_weights=True).taps_config())
     assert all(layer.recompute for _, layer in taps.gated_layers(model))

@@ -20,7 +20,7 @@ import taps
 from app_testing import app, assert_clean
 from taps.data import MAX_UPLOAD_PIXELS, decode_image
 from taps.errors import ConfigError, UnknownBackboneError
-from taps.trainer import PACK, TrainConfig
+from taps.training.trainer import PACK, TrainConfig
 from test_data import _png
 from tests.helpers import FAST_RUN, tiny_resnet
 from workbench import paths

@@ -4,7 +4,7 @@ import logging
 import math
 
 from app_testing import app
-from taps.trainer import TrainConfig, train
+from taps.training.trainer import TrainConfig, train
 from tests.helpers import FAST_RUN, Recorder
 from workbench.store import RunStore, StoreRecorder
 
@@ -15,7 +15,7 @@ def test_a_run_that_does_not_learn_warns_after_its_first_epoch(tmp_path, caplog)
     store = RunStore(tmp_path / "runs")
     run_id = store.create_run(TrainConfig(**FAST_RUN).to_dict())
     events = Recorder()
-    with caplog.at_level(logging.WARNING, logger="taps.trainer"), StoreRecorder(store, run_id) as recorder:
+    with caplog.at_level(logging.WARNING, logger="taps.training.trainer"), StoreRecorder(store, run_id) as recorder:
         # A learning rate far too small: the zero-initialised head keeps the loss at ln 10.
         result = train(TrainConfig(**dict(FAST_RUN, lr=1e-9)), [events, recorder])
     first, second = result.history
@@ -23,7 +23,7 @@ def test_a_run_that_does_not_learn_warns_after_its_first_epoch(tmp_path, caplog)
     assert first["warning"].startswith(f"training loss {first['train_loss']:.3f} at the end of the first epoch "
                                        "is still at chance (ln 10 = 2.303)")
     assert second["warning"] is None  # said once, after the first epoch
-    assert [r.getMessage() for r in caplog.records if r.name == "taps.trainer"] == [first["warning"]]
+    assert [r.getMessage() for r in caplog.records if r.name == "taps.training.trainer"] == [first["warning"]]
     assert [e["warning"] for e in store.epochs(run_id)] == [first["warning"], None]
 
 

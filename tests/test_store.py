@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from taps.errors import TAPSError
-from taps.trainer import EpochEvent, StartEvent, StepEvent, TrainConfig
+from taps.training.trainer import EpochEvent, StartEvent, StepEvent, TrainConfig
 from workbench.store import (DB_NAME, SCHEMA_VERSION, STEPS_SINCE_SQL, RunStore, StoreError,
                              StoreRecorder)
 
@@ -270,7 +270,7 @@ def test_second_store_sees_everything(tmp_path, monkeypatch):
 
 
 # The child processes' code. Run with exec() so the child does not import this module: it
-# would import torch (via taps.trainer and taps/__init__), seconds per child on 2 cores. The store
+# would import torch (via taps.training.trainer and taps/__init__), seconds per child on 2 cores. The store
 # itself needs only taps/errors.py, so the child loads that file alone as ``taps.errors``.
 _WRITER = """
 import importlib.util, os, sys, time

@@ -6,7 +6,7 @@ from timm.layers import Conv2dSame
 from torch import nn
 
 from taps import tensor_layout
-from taps.layers import GATED_TYPES
+from taps.method.layers import GATED_TYPES
 
 CL = torch.channels_last
 
@@ -79,7 +79,7 @@ def test_composition_buffer_follows_the_layer_into_channels_last():
 def test_a_pack_from_a_channels_last_model_fits_a_contiguous_base_and_predicts_the_same(tmp_path):
     """The trainer saves packs from channels-last models; users load them into fresh models."""
     import taps
-    from taps.packs import base_fingerprint
+    from taps.method.packs import base_fingerprint
     from tests.helpers import scramble, tiny_resnet
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ fine-tuning and far above the feature extractor, and a larger λ leaves fewer ta
 """
 import pytest
 
-from taps.trainer import TrainConfig, train
+from taps.training.trainer import TrainConfig, train
 
 # The claims hold at this size on seeds 0-2 with 2.6 points or more to spare (feature extractor
 # 0.68-0.71, fine-tuning 0.82-0.87, TAPS λ=0.3 within 0.016 of it); about 90 s on the slower

@@ -15,7 +15,7 @@ from PIL import Image
 import taps
 from taps.errors import ConfigError, DatasetUnavailableError, TrainingError, UnknownBackboneError, UnknownDatasetError
 from taps.inference import evaluate_pack
-from taps.trainer import TrainConfig, train
+from taps.training.trainer import TrainConfig, train
 from tests.helpers import FAST_RUN, Recorder
 from speed import patience
 
@@ -51,7 +51,7 @@ def test_classify_an_image_file_as_the_test_split_does(tmp_path):
     classify() on PNG files gives the probabilities of the evaluation path on the same images."""
     from taps.data import decode_image, load_dataset
     from taps.inference import classify, load_task_model
-    from taps.trainer import Normalize
+    from taps.training.trainer import Normalize
     from taps.backbones import input_normalization
 
     result = train(TrainConfig(**{**TINY, "epochs": 1}, out_dir=str(tmp_path)))
@@ -127,7 +127,7 @@ def test_cancel_stops_within_a_step_and_keeps_the_last_checkpoint(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    import taps.trainer as trainer_module
+    import taps.training.trainer as trainer_module
 
     real = trainer_module.F.cross_entropy
     calls = {"n": 0}
@@ -194,7 +194,7 @@ def test_cli_reports_bad_input_without_a_traceback():
 
 def test_gpu_mixed_precision_path_runs_on_cpu(monkeypatch):
     """The autocast + channels_last path taken on GPUs, exercised here with CPU bfloat16."""
-    import taps.trainer as trainer_module
+    import taps.training.trainer as trainer_module
 
     config = dict(TINY, epochs=1, train_subset=64)
     full = train(TrainConfig(**config))
@@ -247,7 +247,7 @@ def test_cli_list_flags_take_several_values():
 def test_frozen_gates_skip_unwanted_gradients_without_changing_the_run(monkeypatch):
     """After the gate freeze the scores take no gradient (off layers then skip their weight
     gradient): the run is the very run it was when those gradients were computed and unused."""
-    import taps.trainer as trainer
+    import taps.training.trainer as trainer
 
     config = TrainConfig(**FAST_RUN, lam=3.0, score_lr=0.05, penalty_mode="params", gate_freeze=0.5,
                          penalty_warmup=0.1)

@@ -86,7 +86,7 @@ def build_parser(with_config: bool = True) -> argparse.ArgumentParser:
 
 
 def _config_from(args) -> dict:
-    from taps.trainer import TrainConfig
+    from taps.training.trainer import TrainConfig
 
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
 

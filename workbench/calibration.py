@@ -77,14 +77,14 @@ def machine_key(setting: ProbeSetting) -> str:
 def measure_step(setting: ProbeSetting) -> tuple[float, float, int, bool]:
     """(seconds per training step, seconds per evaluated image, steps timed, whether other
     processes crowded the CPU meanwhile), measured now on a step built as
-    :func:`taps.trainer.train` builds it: the method's model, its optimizer and penalty,
+    :func:`taps.training.trainer.train` builds it: the method's model, its optimizer and penalty,
     channels-last and mixed precision where the trainer uses them."""
     import torch
     import torch.nn.functional as F
 
     from taps import SparsityPenalty
     from taps.backbones import resolve_device
-    from taps.trainer import (TrainConfig, build_model, build_optimizer, eval_loader, mixed_precision_dtype,
+    from taps.training.trainer import (TrainConfig, build_model, build_optimizer, eval_loader, mixed_precision_dtype,
                               uses_channels_last)
 
     config = TrainConfig(backbone=setting.backbone, method=setting.method, weights="none",

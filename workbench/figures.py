@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from taps.gate import gate_on
+from taps.method.gate import gate_on
 
 __all__ = [
     "AXIS_TITLES", "KIND_COLORS", "loss_figure", "accuracy_figure", "heatmap_figure", "frontier_figure",

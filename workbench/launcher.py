@@ -143,7 +143,7 @@ class Launcher:
     def validate(config: dict):
         """The trainer's own checks, plus: the backbone is known and the dataset is known and on
         this machine (or may be downloaded). Raises the taps error that says what is wrong."""
-        from taps.trainer import TrainConfig  # imports torch: only when someone launches
+        from taps.training.trainer import TrainConfig  # imports torch: only when someone launches
 
         if hasattr(config, "to_dict"):
             config = config.to_dict()
@@ -163,7 +163,7 @@ class Launcher:
         """A grid of TAPS runs λ × lr × dataset (plus, with ``baselines``, 'finetune' and
         'feature_extractor' per dataset and lr), all in one sweep. Every config is validated
         before any run is queued. Returns (sweep_id, run_ids)."""
-        from taps.trainer import TrainConfig
+        from taps.training.trainer import TrainConfig
 
         base = base_config.to_dict() if hasattr(base_config, "to_dict") else dict(base_config)
         defaults = TrainConfig.from_dict(base)

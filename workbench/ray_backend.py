@@ -55,7 +55,7 @@ class _RemoteStore:
 def train_on_ray(writer, run_id: str, config: dict) -> str:
     """The body of a Ray task: train in a node-local folder, report through ``writer``."""
     from taps.backbones import device_description, resolve_device
-    from taps.trainer import TrainConfig, train
+    from taps.training.trainer import TrainConfig, train
 
     from .processes import create_time
     from .worker import error_message

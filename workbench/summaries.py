@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from taps.gate import gate_on
+from taps.method.gate import gate_on
 
 from .store import TERMINAL, RunStore
 

@@ -86,7 +86,7 @@ def run(store: RunStore, run_id: str) -> int:
     recorder = None
     try:
         from taps.backbones import device_description, resolve_device
-        from taps.trainer import CHECKPOINT, TrainConfig, train
+        from taps.training.trainer import CHECKPOINT, TrainConfig, train
 
         config = TrainConfig.from_dict(dict(run_row["config"]))
         config.out_dir = str(folder)

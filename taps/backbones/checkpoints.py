@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsUnavailableError
-from ..tensor_checks import check_tensors
+from ..method.tensor_checks import check_tensors
 from .heads import head_names
 from .names import IMAGENET_MEAN, IMAGENET_STD
 

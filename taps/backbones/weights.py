@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 from ..errors import WeightsUnavailableError
-from ..tensor_checks import check_tensors
+from ..method.tensor_checks import check_tensors
 from .names import LISTED, tv_name
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import glyphs
+from . import glyphs
 from ..errors import ConfigError, DatasetUnavailableError
 from .folders import open_folder
 from .images import Pool, TorchvisionReader

@@ -3,7 +3,7 @@
     store = RunStore()                                  # $TAPS_RUNS_DIR, else ./runs
     run_id = store.create_run(TrainConfig(lam=0.5).to_dict(), name="λ=0.5", sweep="lam-sweep")
     store.mark_running(run_id, os.getpid(), create_time, socket.gethostname(), "cpu")
-    with StoreRecorder(store, run_id) as rec:           # a taps.trainer callback
+    with StoreRecorder(store, run_id) as rec:           # a taps.training.trainer callback
         result = train(config, callbacks=[rec])
     store.finish(run_id, result.status, metrics=result.metrics)
 

@@ -27,12 +27,12 @@ def decode_scores(blob: bytes) -> list[float]:
 
 
 def event_dict(event: Any) -> dict:
-    """A dataclass event (taps.trainer.StepEvent …) or a mapping, as a shallow dict copy."""
+    """A dataclass event (taps.training.trainer.StepEvent …) or a mapping, as a shallow dict copy."""
     if is_dataclass(event) and not isinstance(event, type):
         return {f.name: getattr(event, f.name) for f in fields(event)}
     if isinstance(event, Mapping):
         return dict(event)
-    raise TypeError(f"expected a taps.trainer event dataclass or a dict, got {type(event).__name__}")
+    raise TypeError(f"expected a taps.training.trainer event dataclass or a dict, got {type(event).__name__}")
 
 
 def optional_float(v: Any) -> float | None:

@@ -20,7 +20,7 @@ def _steps_per_epoch(start: Mapping) -> int:
 
 
 class StoreRecorder:
-    """A taps.trainer callback that records a run's events into a RunStore.
+    """A taps.training.trainer callback that records a run's events into a RunStore.
 
     Steps are buffered and written in one transaction per batch: every ``flush_every_steps``
     steps or ``flush_every_s`` seconds, whichever comes first, before each epoch record and on

@@ -12,7 +12,7 @@ from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from taps.schedule import total_epochs
+from taps.training.schedule import total_epochs
 
 from .database import Database, StoreError
 from .encoding import event_dict, optional_float, optional_int, to_json

@@ -5,10 +5,10 @@
 The loop is plain PyTorch a reader can hold in their head: build the task set (data, model) and
 the sparsity schedule, one optimizer with the scores in their own group, a cosine schedule, and
 per step ``loss = Σ_tasks task_loss + λ(step)·penalty``. What differs between runs lives in two
-small objects: the task set (``taps.tasks``: one task, or several on a shared base, Eq. 4) and
-the sparsity schedule (``taps.sparsity``: λ at a step, what happens after it, what a checkpoint
+small objects: the task set (``taps.training.tasks``: one task, or several on a shared base, Eq. 4) and
+the sparsity schedule (``taps.training.sparsity``: λ at a step, what happens after it, what a checkpoint
 keeps and what the metrics add). Everything the outside world sees goes through callbacks
-(``taps.events``), so the CLI, the workbench and the tests observe the same events; the loop
+(``taps.training.events``), so the CLI, the workbench and the tests observe the same events; the loop
 never knows who listens.
 """
 from __future__ import annotations
@@ -28,16 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import device_description, input_normalization, resolve_device
+from ..backbones import device_description, input_normalization, resolve_device
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from .errors import TrainingError
+from ..errors import TrainingError
 from .evaluation import Normalize, eval_loader, evaluate
 from .events import Callback, EpochEvent, StartEvent, StepEvent, TrainResult, emit
-from .layers import set_gates_learning
+from ..method.layers import set_gates_learning
 from .methods import set_train_mode
 from .schedule import build_scheduler
 from .sparsity import sparsity_schedule
-from .stats import layer_report
+from ..method.stats import layer_report
 from .tasks import PACK, JointTasks, OneTask, TaskSet, build_model, load_task_data, trained_parameters
 from .train_config import NORM_STATS, TrainConfig
 

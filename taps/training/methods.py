@@ -18,9 +18,9 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .adaptation import adapt, gated_layers, head_name, norm_layers
-from .config import TAPSConfig
-from .errors import ConfigError
+from ..method.adaptation import adapt, gated_layers, head_name, norm_layers
+from ..method.config import TAPSConfig
+from ..errors import ConfigError
 
 METHODS = ("taps", "finetune", "feature_extractor", "bn_only", "manual_freeze")
 
@@ -66,7 +66,7 @@ def layers_for_budget(model: nn.Module, budget_pct: float | None) -> int:
         return max(1, len(layers) // 4)
     if budget_pct < 0:
         raise ConfigError(f"freeze budget must be ≥ 0 %, got {budget_pct}")
-    from .stats import base_numel, norm_state_numel
+    from ..method.stats import base_numel, norm_state_numel
 
     head = sum(p.numel() for p in model.get_submodule(head_name(model)).parameters())
     allowed = budget_pct / 100 * base_numel(model) - norm_state_numel(model) - head

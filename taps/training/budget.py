@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adaptation import gated_layers
-from .gate import gate_on
-from .stats import fixed_numel
+from ..method.adaptation import gated_layers
+from ..method.gate import gate_on
+from ..method.stats import fixed_numel
 
 BUDGET_KINDS = ("layers", "params")
 

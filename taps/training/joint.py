@@ -2,7 +2,7 @@
 
     result = train(TrainConfig(tasks=["fashion-mnist", "digits"], lam=0.5, out_dir="runs/joint"))
 
-``taps.trainer.train`` trains a joint run like any other, with the task set of ``taps.tasks``
+``taps.training.trainer.train`` trains a joint run like any other, with the task set of ``taps.training.tasks``
 (see there how the tasks share the base). This module adds the paper's memory-efficient variant
 (appendix D): a jointly fine-tuned multi-head base, then incremental TAPS per task from it.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import TrainingError
+from ..errors import TrainingError
 from .events import TrainResult
 from .tasks import BASE, task_pack_name
 from .train_config import TrainConfig

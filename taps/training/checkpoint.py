@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError, TrainingError
-from .fileio import atomic_write
-from .tensor_checks import check_tensors
+from ..errors import ConfigError, TrainingError
+from ..fileio import atomic_write
+from ..method.tensor_checks import check_tensors
 
 CHECKPOINT = "checkpoint.pt"
 FIELDS = ("config", "epoch", "model", "optimizer", "scheduler", "history", "schedule")  # and "scaler" since float16

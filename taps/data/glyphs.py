@@ -27,8 +27,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import DatasetUnavailableError
-from .fileio import atomic_write
+from ..errors import DatasetUnavailableError
+from ..fileio import atomic_write
 
 log = logging.getLogger(__name__)
 

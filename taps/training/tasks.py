@@ -18,10 +18,10 @@ and every step sees ``batch_size`` images of *each* task (the paper's 12 per tas
 holds the shared layers; each task's parameters live apart and are swapped into the layers before
 its part of the step, so gradients of the shared weights add up over the tasks in one optimizer
 step. With ``method="finetune"`` the base is fine-tuned with per-task heads and normalisation and
-no deltas (the first half of the memory-efficient variant, ``taps.joint.train_memory_efficient``).
+no deltas (the first half of the memory-efficient variant, ``taps.training.joint.train_memory_efficient``).
 A joint run writes ``base.safetensors`` (the trained shared weights, loadable with
 ``create_backbone(..., checkpoint=)``) and ``task-<name>.safetensors`` per task, so
-:class:`taps.multitask.MultiTaskModel` serves its tasks like incremental ones.
+:class:`taps.method.multitask.MultiTaskModel` serves its tasks like incremental ones.
 """
 from __future__ import annotations
 
@@ -33,15 +33,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .adaptation import gated_layers, head_name, norm_layers, replace_module
-from .backbones import create_backbone, input_normalization, save_backbone_checkpoint, zero_parameters
-from .data import load_dataset
-from .gate import gate_on
-from .layers import prime_gates
+from ..method.adaptation import gated_layers, head_name, norm_layers, replace_module
+from ..backbones import create_backbone, input_normalization, save_backbone_checkpoint, zero_parameters
+from ..data import load_dataset
+from ..method.gate import gate_on
+from ..method.layers import prime_gates
 from .methods import fix_gates, prepare_model
-from .packs import NORM_FIELDS, save_pack
-from .penalty import SparsityPenalty
-from .stats import summarize
+from ..method.packs import NORM_FIELDS, save_pack
+from ..method.penalty import SparsityPenalty
+from ..method.stats import summarize
 
 if TYPE_CHECKING:
     from .events import EpochEvent

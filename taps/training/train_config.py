@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from .backbones import check_backbone
+from ..backbones import check_backbone
 from .budget import BUDGET_KINDS
-from .config import TAPSConfig
-from .data import get_manifest, require_dataset
-from .errors import ConfigError, WeightsUnavailableError
+from ..method.config import TAPSConfig
+from ..data import get_manifest, require_dataset
+from ..errors import ConfigError, WeightsUnavailableError
 from .methods import METHODS
 from .sparsity import check_budget_reachable
 from .tasks import build_model

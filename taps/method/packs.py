@@ -24,7 +24,7 @@ from torch import nn
 
 from .adaptation import adapt, find_head, gated_layers, head_name, norm_layers, replace_module, selected_layers
 from .config import TAPSConfig
-from .fileio import atomic_write
+from ..fileio import atomic_write
 from .merging import merge
 from .tensor_checks import check_tensors
 

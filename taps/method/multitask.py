@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .adaptation import find_head, norm_layers, replace_module
-from .backbones import create_backbone, input_normalization
+from ..backbones import create_backbone, input_normalization
 from .config import TAPSConfig
 from .packs import BaseSignature, PackError, TaskPack, base_signature, check_fits, norm_slices, pack_head, read_pack
 from .stats import TaskStats, pack_stats, parameter_multiplier
@@ -100,7 +100,7 @@ class MultiTaskModel(nn.Module):
             raise PackError(f"task packs for one base must name one backbone, got {sorted(map(str, backbones))}")
         first = next(iter(loaded.values()))
         if checkpoint is None and weights == "auto":  # a joint run's packs name their trained base
-            from .inference import base_checkpoint
+            from ..inference import base_checkpoint
 
             bases = {base_checkpoint(p, loaded[n]) if not isinstance(p, TaskPack) else None for n, p in packs.items()}
             if len(bases) > 1:
@@ -218,7 +218,7 @@ class MultiTaskModel(nn.Module):
 
     def train(self, mode: bool = True) -> "MultiTaskModel":
         if mode:
-            raise RuntimeError("MultiTaskModel is for inference; train a task with taps.trainer and add its pack")
+            raise RuntimeError("MultiTaskModel is for inference; train a task with taps.training.trainer and add its pack")
         return super().train(False)
 
     def _apply(self, fn, recurse=True):

@@ -14,7 +14,7 @@ The training loop is the same for all three; it asks its schedule only this:
     schedule.final_metrics(h)    what the run's metrics add: the λ actually used, and more
 
 ``FixedLam`` is the plain run (and the baselines', which have no penalty); ``LamPath`` and
-``Budget`` change what differs. See ``taps.schedule`` for stages and ``taps.budget`` for the
+``Budget`` change what differs. See ``taps.training.schedule`` for stages and ``taps.training.budget`` for the
 controller.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from .budget import BudgetController, LayerCosts, project_to_budget
-from .errors import ConfigError
+from ..errors import ConfigError
 from .schedule import Stage, freeze_step, lam_at, plan_stages, stage_at
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class LamPath(FixedLam):
 
 
 class Budget(FixedLam):
-    """λ found during training so the run ends within ``budget_pct`` (see ``taps.budget``):
+    """λ found during training so the run ends within ``budget_pct`` (see ``taps.training.budget``):
     the penalty is the budget's Lagrangian term, weighted by what the budget counts, and λ its
     multiplier, which starts at 0 (no warm-up needed)."""
 

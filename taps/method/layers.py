@@ -3,7 +3,7 @@
 The gated layers subclass the layers they replace, so code that checks ``isinstance(m,
 nn.Conv2d)`` keeps working, and the frozen pretrained ``weight``/``bias`` keep their state-dict
 names. Only ``delta`` (zero-initialised) and ``score`` (one scalar) are new. The composition
-w̄ + I·δ and its straight-through gradient live in ``taps.composition``.
+w̄ + I·δ and its straight-through gradient live in ``taps.method.composition``.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class GatedLayer:
     delta: nn.Parameter
     score: nn.Parameter
     threshold: float
-    # Recompute w̄ + δ in the backward pass instead of keeping it (taps.recompute): one weight
+    # Recompute w̄ + δ in the backward pass instead of keeping it (taps.method.recompute): one weight
     # copy less in training memory, one more add per active layer per step.
     recompute: bool = False
 
