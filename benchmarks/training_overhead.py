@@ -15,7 +15,8 @@ Five steps on the same backbone, batch and resolution, with the same SGD (moment
   TAPS, frozen, half off   every other gate off with the gates frozen, as in the last 30 % of a run
                     (after gate_freeze): scores take no gradient, so off layers run as frozen
                     layers (no weight gradient) and on layers skip ⟨∂L/∂w, δ⟩
-Times are medians of interleaved repetitions, in --processes fresh processes per setting; the
+Times are medians of interleaved repetitions, in --processes fresh processes per setting (on CPU
+forked from this script once torch is imported, so no process pays the imports again); the
 ratio shown is the median of the per-process ratios, with their range. Peak memory is measured in fresh
 processes per step kind, over the two steps after the first, two ways: the most bytes held by
 tensors at once (on CPU every allocation traced, see allocated_memory.py; on CUDA
@@ -31,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -169,6 +172,10 @@ def step_times_child(backbone: str, resolution: int, batch: int, repeat: int, de
     return interleaved(steps, repeat, sync=sync)
 
 
+CHILDREN = {"memory-child": "peak_memory_child", "time-child": "step_times_child",
+            "weights-child": "gated_weight_bytes"}
+
+
 def in_fresh_process(what: str, *args) -> str:
     """Run this script's ``--<what>`` child and return its last line of output. Each backbone is
     timed in its own process, as a training worker runs: the CPU allocator's state left by an
@@ -181,17 +188,65 @@ def in_fresh_process(what: str, *args) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def in_forked_processes(jobs: list[tuple], at_once: int) -> list:
+    """Each job ``(what, *args)`` in a process of its own, forked from this one once torch and the
+    project are imported, ``at_once`` at a time. A fork is the fresh process ``in_fresh_process``
+    starts, less the seconds of imports each of those pays: nothing but imports happened before it
+    (no torch op has run here, so no OpenMP pool has to survive the fork). CPU only: a process
+    that has touched CUDA cannot be forked."""
+    import taps.training.trainer  # noqa: F401  (what every child imports first)
+    import tests.helpers  # noqa: F401
+    from benchmarks import allocated_memory  # noqa: F401
+
+    results: list = [None] * len(jobs)
+    waiting, running = list(enumerate(jobs)), {}
+    while waiting or running:
+        while waiting and len(running) < at_once:
+            index, (what, *args) = waiting.pop(0)
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: run the job, send its JSON answer, leave without cleanup
+                os.close(read_end)
+                try:
+                    answer, code = {"result": globals()[CHILDREN[what]](*args)}, 0
+                except BaseException:  # noqa: BLE001 - the parent reports it
+                    answer, code = {"error": traceback.format_exc()}, 1
+                with os.fdopen(write_end, "w") as out:
+                    json.dump(answer, out)
+                os._exit(code)
+            os.close(write_end)
+            running[pid] = (index, what, args, os.fdopen(read_end))
+        pid, _ = os.wait()
+        index, what, args, answer_file = running.pop(pid)
+        with answer_file:  # answers are a few hundred bytes: they fit in the pipe before the child exits
+            answer = json.loads(answer_file.read() or '{"error": "the child died without an answer"}')
+        if "error" in answer:
+            raise RuntimeError(f"{what} {' '.join(map(str, args))} failed:\n{answer['error'][-2000:]}")
+        results[index] = answer["result"]
+    return results
+
+
+def in_children(jobs: list[tuple], device, at_once: int = 1, fork: bool = True) -> list:
+    """Each job ``(what, *args)`` in a fresh process: forked on CPU unless ``fork`` is False, a new
+    interpreter otherwise."""
+    if fork and device.type == "cpu":
+        return in_forked_processes(jobs, at_once)
+    with ThreadPoolExecutor(at_once) as pool:
+        return list(pool.map(lambda job: json.loads(in_fresh_process(*job)), jobs))
+
+
 def peak_memory_per_kind(backbone: str, resolution: int, batch: int, device,
                          at_once: int = len(KINDS)) -> dict[str, dict[str, int]]:
     """Each kind's peaks, each in its own process. A peak is the process's own, so ``at_once``
-    processes run at the same time: that shortens the wait and changes no number."""
+    processes run at the same time: that shortens the wait and changes no number. The resident
+    set is read in new interpreters: a forked child maps the shared libraries' pages as it first
+    touches them, so the code its steps run would count as memory the steps hold."""
     measures = ("both",) if device.type == "cuda" else ("allocated", "resident")
     peaks: dict[str, dict[str, int]] = {kind: {} for kind in KINDS}
-    with ThreadPoolExecutor(at_once) as pool:
-        for measure in measures:
-            for kind, peak in zip(KINDS, pool.map(lambda kind: json.loads(in_fresh_process(
-                    "memory-child", measure, kind, backbone, resolution, batch, device)), KINDS)):
-                peaks[kind].update(peak)
+    for measure in measures:
+        jobs = [("memory-child", measure, kind, backbone, resolution, batch, str(device)) for kind in KINDS]
+        for kind, peak in zip(KINDS, in_children(jobs, device, at_once, fork=measure == "allocated")):
+            peaks[kind].update(peak)
     return peaks
 
 
@@ -209,6 +264,7 @@ def main(argv=None) -> int:
                    help=f"peak-memory processes at once (default {len(KINDS)}; fewer where they would not fit in RAM)")
     p.add_argument("--memory-child", nargs=6, help=argparse.SUPPRESS)
     p.add_argument("--time-child", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--weights-child", nargs=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_processes < 1:
         p.error(f"--memory-processes must be at least 1, not {args.memory_processes}")
@@ -219,6 +275,9 @@ def main(argv=None) -> int:
     if args.time_child:
         backbone, resolution, batch, repeat, device = args.time_child
         print(json.dumps(step_times_child(backbone, int(resolution), int(batch), int(repeat), device)))
+        return 0
+    if args.weights_child:
+        print(json.dumps(gated_weight_bytes(*args.weights_child)))
         return 0
 
     from taps.backbones import device_description, resolve_device
@@ -236,12 +295,13 @@ def main(argv=None) -> int:
     rows = []
     for backbone, resolution, batch in settings:
         # Per process: the median step of each kind, and its ratio to fine-tuning in that process.
-        medians = [] if args.no_time else [{kind: median_ms(t) for kind, t in json.loads(
-            in_fresh_process("time-child", backbone, resolution, batch, repeat, device)).items()}
-            for _ in range(args.processes)]
+        medians = [] if args.no_time else [{kind: median_ms(t) for kind, t in times.items()} for times in
+                                           in_children([("time-child", backbone, resolution, batch, repeat,
+                                                         str(device))] * args.processes, device)]
         peaks = {} if args.no_memory else peak_memory_per_kind(backbone, resolution, batch, device,
                                                                args.memory_processes)
-        weight_bytes = None if args.no_memory else gated_weight_bytes(backbone)
+        # In a child too: a torch op here would leave thread pools that later forks cannot use.
+        weight_bytes = None if args.no_memory else in_children([("weights-child", backbone)], device)[0]
         for kind in KINDS:
             row = {"backbone": backbone, "resolution": resolution, "batch": batch, "kind": kind, "step": LABELS[kind]}
             if medians:
