@@ -12,7 +12,10 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,cluster]'
+	$(PY) -m pip install --quiet --no-compile -e '.[dev,cluster]'
+	@# Byte-compiled on every core at once (pip compiles one file at a time: half of a 2-core install);
+	@# a few template files that are not Python fail to compile, as they do under pip.
+	$(PY) -m compileall -q -q -j 0 $(VENV)/lib || true
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 setup: $(STAMP)
