@@ -28,7 +28,7 @@ from tests.helpers import (FAST_RUN, disk_full, faulty_open, kill_this_process, 
                            step_numbers, tiny_resnet)
 from workbench import worker
 from workbench.launcher import DISAPPEARED, LOG_NAME, Launcher
-from workbench.processes import process_alive
+from workbench.processes import process_alive, usable_cores
 from workbench.store import DB_NAME, TERMINAL, RunStore, StoreError
 from speed import patience
 
@@ -340,6 +340,12 @@ def test_a_queue_twice_the_slots_runs_two_at_a_time_with_the_app_polling_every_s
         assert seen[run_id] == sorted(set(seen[run_id]))  # live steps arrived in order, none twice
     starts = [store.get_run(r)["started_at"] for r in run_ids]
     assert starts == sorted(starts)  # first queued, first started: no run was passed over
+    # Two runs share the cores instead of each starting a thread per core (oversubscribed,
+    # spinning OpenMP threads made each step several times slower).
+    cores = usable_cores()
+    shared = f"CPU ({cores // 2} thread{'s' * (cores // 2 > 1)} of {cores} cores)" if cores >= 2 else "CPU (1 cores)"
+    if "OMP_NUM_THREADS" not in os.environ:
+        assert {store.get_run(r)["device"] for r in run_ids} == {shared}
     assert slowest_poll < 1.0 and polls >= 5
     database = sum(f.stat().st_size for f in store.root.glob(DB_NAME + "*"))
     assert database < 2 * 2**20, f"{database / 2**20:.1f} MiB for 4 runs of {2 * STEPS_PER_EPOCH} steps"

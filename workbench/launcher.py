@@ -36,7 +36,7 @@ from typing import Iterable, Iterator
 
 from taps.fileio import atomic_write
 
-from .processes import create_time, process_alive
+from .processes import THREADS_ENV, cpu_threads_per_worker, create_time, process_alive, usable_cores
 from .store import TERMINAL, RunStore, StoreError
 
 __all__ = ["Launcher", "LOCK_NAME", "CANCEL_FLAG", "DISAPPEARED", "visible_gpus", "device_summary"]
@@ -93,7 +93,7 @@ def device_summary() -> str:
         names = names or [f"GPU {g}" for g in gpus]
         distinct = list(dict.fromkeys(names))
         return f"{len(gpus)} × {distinct[0]}" if len(distinct) == 1 else ", ".join(names)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     if sys.platform == "darwin" and platform.machine() == "arm64":
         return f"Apple GPU (mps), {cores} CPU cores"
     return f"CPU ({cores} cores)"
@@ -262,6 +262,8 @@ class Launcher:
         else:
             with contextlib.suppress(FileNotFoundError):
                 (folder / GPU_FILE).unlink()
+            if THREADS_ENV not in os.environ:  # the user's own setting wins
+                env[THREADS_ENV] = str(cpu_threads_per_worker(self.max_concurrent))
         # The worker must find the workbench and taps packages wherever it is started from.
         project = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = project + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -32,7 +32,8 @@ def resolve_device(preference: str = "auto") -> torch.device:
 
 
 def device_description(device: torch.device | str) -> str:
-    """Human-readable name, e.g. "NVIDIA H100 80GB HBM3 (cuda:0)" or "CPU (2 cores)"."""
+    """Human-readable name, e.g. "NVIDIA H100 80GB HBM3 (cuda:0)", "CPU (2 cores)", or
+    "CPU (1 thread of 2 cores)" when runs share the machine."""
     device = torch.device(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -40,4 +41,7 @@ def device_description(device: torch.device | str) -> str:
     if device.type == "mps":
         return "Apple GPU (mps)"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"CPU ({cores} cores)" if device.type == "cpu" else str(device)
+    if device.type != "cpu":
+        return str(device)
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'s' * (threads > 1)} of {cores} cores)" if threads < cores else f"CPU ({cores} cores)"
