@@ -33,7 +33,7 @@ def pieces(backbone: str) -> dict:
     import torch
 
     import taps
-    from taps import tensor_layout
+    from taps.method import tensor_layout
     from taps.backbones import create_backbone
     from taps.method.composition import ComposeWeights
     from taps.method.layers import prime_gates

@@ -5,7 +5,7 @@ import torch
 from timm.layers import Conv2dSame
 from torch import nn
 
-from taps import tensor_layout
+from taps.method import tensor_layout
 from taps.method.layers import GATED_TYPES
 
 CL = torch.channels_last
