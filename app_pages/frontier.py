@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from taps.training.points import PointKind
 from workbench import figures, ui
 from workbench.summaries import compute_caption, run_label
+
+POINT_KINDS = {PointKind.RUN: "run", PointKind.PATH_STAGE: "λ path stage", PointKind.BUDGET: "budget run",
+               PointKind.JOINT_TASK: "joint task"}
 
 launcher = ui.launcher()
 store = launcher.store
@@ -53,7 +57,7 @@ if picked:
 
 front = {(p["run_id"], p.get("stage")) for p in figures.pareto_front(points, x, y)}
 table = [{"run": run_label(p) + (f" · stage {p['stage'] + 1}" if p.get("stage") is not None else ""),
-          "method": p["method"], "λ": p["lam"] if p["method"].startswith("taps") else None,
+          "method": p["method"], "point": POINT_KINDS[PointKind(p["kind"])], "λ": p["lam"],
           figures.AXIS_TITLES[x]: p[x], figures.AXIS_TITLES[y]: p[y],
           "on the front": (p["run_id"], p.get("stage")) in front, "id": p["run_id"]} for p in points]
 st.dataframe(table, hide_index=True, width="stretch", placeholder=ui.MISSING,

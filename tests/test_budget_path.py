@@ -150,6 +150,30 @@ def test_budget_run_ends_within_its_budget(tmp_path, kind):
     lams = [e.lam_now for e in rec.steps]
     assert lams[0] == 0.0 and max(lams) > 0  # λ starts at 0 and is raised while over budget
     assert taps.read_pack(result.pack_path).metadata["lam"] == pytest.approx(result.metrics["lam_final"])
+    (point,) = result.metrics["points"]  # the run's frontier point, at the λ it used
+    assert (point["kind"], point["lam"], point["budget_pct"], point["budget_kind"], point[key]) == (
+        "budget", result.metrics["lam_final"], 40.0, kind, result.metrics[key])
+    _the_store_and_tables_show_the_lambda_used(tmp_path, TrainConfig(**TINY, budget_pct=40.0, budget_kind=kind),
+                                               result.metrics)
+
+
+def _the_store_and_tables_show_the_lambda_used(tmp_path, config, metrics):
+    """A budget run queued, then finished with ``metrics``: no λ while it is not known (not the
+    config's 0.3, which it never uses), then the controller's final λ everywhere it is shown."""
+    from workbench.store import RunStore
+    from workbench.summaries import run_rows
+
+    store = RunStore(tmp_path / "runs")
+    run_id = store.create_run(config.to_dict(), kind=config.run_kind, lam=config.planned_lam)
+    assert (store.get_run(run_id)["kind"], store.get_run(run_id)["lam"]) == ("budget", None)
+    store.set_status(run_id, "running")
+    store.finish(run_id, "done", metrics=metrics)
+    used = metrics["lam_final"]
+    assert store.get_run(run_id)["lam"] == used and run_rows([store.get_run(run_id)])[0]["λ"] == used
+    assert [(p["kind"], p["lam"]) for p in store.frontier()] == [("budget", used)]
+    listed = subprocess.run([sys.executable, "-m", "workbench", "--runs-dir", str(store.root), "list"],
+                            capture_output=True, text=True, timeout=patience(120))
+    assert f"{used:.4g}" in listed.stdout or f"{used:g}" in listed.stdout, listed.stdout + listed.stderr
 
 
 def test_cli_prints_the_lambda_a_budget_run_found(tmp_path):
@@ -184,6 +208,10 @@ def test_lambda_path_snapshots_one_task_pack_per_stage(tmp_path):
         # the snapshot reloads to the accuracy recorded when it was taken
         assert evaluate_pack(pack, eval_subset=60)["accuracy"] == pytest.approx(point["test_acc"])
     assert result.metrics["path"][-1]["active_layers"] < result.metrics["path"][0]["active_layers"]
+    points = result.metrics["points"]  # one frontier point per stage, each with its own pack and λ
+    assert [(p["kind"], p["stage"], p["lam"], p["pack"]) for p in points] == [
+        ("path_stage", i, lam, pack) for i, (lam, pack) in enumerate(zip([0.0, 1.0, 4.0], result.stage_packs))]
+    assert [p["test_acc"] for p in points] == [p["test_acc"] for p in result.metrics["path"]]
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -221,10 +249,10 @@ def test_store_frontier_gives_a_point_per_stage_and_the_figure_joins_them(tmp_pa
                                     "config": {}, "start_epoch": 0})
         store.finish(run_id, "done", metrics=metrics)
     points = store.frontier()
-    stages = [p for p in points if p["method"] == "taps_path"]
+    stages = [p for p in points if p["kind"] == "path_stage"]
     assert [(p["run_id"], p["stage"], p["lam"], p["test_acc"]) for p in stages] == \
         [(runs["path"], i, lam, 0.81 - 0.01 * i) for i, lam in enumerate([0.1, 1.0, 3.0])]
-    (budget,) = [p for p in points if p["method"] == "taps_budget"]
+    (budget,) = [p for p in points if p["kind"] == "budget"]
     assert (budget["run_id"], budget["lam"], budget["budget_pct"]) == (runs["budget"], 0.7, 25.0)
     fig = figures.frontier_figure(points)
     (line,) = [t for t in fig.data if t.name == "λ path (one run)"]
@@ -235,12 +263,18 @@ def test_store_frontier_gives_a_point_per_stage_and_the_figure_joins_them(tmp_pa
     assert "λ path: 3 points from 1 run, 100 steps" in caption and "budget runs: 1 point from 1 run, 60 steps" in caption
 
 
-def test_store_counts_every_stage_of_a_path_in_the_run_epochs(tmp_path):
+def test_a_queued_path_counts_every_stage_in_the_run_epochs(tmp_path):
+    from workbench.launcher import Launcher
     from workbench.store import RunStore
 
     store = RunStore(tmp_path)
-    path_run = store.create_run({"method": "taps", "epochs": 3, "lam_path": [0.1, 0.3, 1.0], "path_stage_epochs": 2})
-    plain_run = store.create_run({"method": "taps", "epochs": 3, "lam": 0.3})
+    path = TrainConfig(epochs=3, lam_path=[0.1, 0.3, 1.0], path_stage_epochs=2)
+    assert (path.planned_epochs, path.planned_lam, path.run_kind) == (7, 0.1, "path")
+    launcher = Launcher(store)
+    launcher.schedule = lambda: []  # queued only: what the store knows before the run starts
+    path_run = launcher.launch(path.to_dict())
+    plain_run = launcher.launch(dict(epochs=3, lam=0.3))
     assert (store.get_run(path_run)["epochs"], store.get_run(plain_run)["epochs"]) == (7, 3)
+    assert (store.get_run(path_run)["kind"], store.get_run(plain_run)["kind"]) == ("path", "single")
     store.record_start(path_run, {"total_steps": 70, "config": {"epochs": 3}, "start_epoch": 0, "total_epochs": 9})
     assert store.get_run(path_run)["epochs"] == 9  # the trainer's own count wins

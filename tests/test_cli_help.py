@@ -72,11 +72,12 @@ def test_progress_bar_inside_each_epoch_on_a_terminal_only():
 
 
 def test_workbench_list_shows_no_lambda_for_a_baseline(tmp_path):
-    from workbench.store import RunStore
+    from workbench.launcher import Launcher
 
-    store = RunStore(tmp_path)
-    baseline = store.create_run(TrainConfig(method="finetune").to_dict(), name="finetune")  # its config keeps λ 0.3
-    taps_run = store.create_run(TrainConfig(lam=0.1).to_dict(), name="taps")
+    launcher = Launcher(tmp_path)
+    launcher.schedule = lambda: []  # queued, as the launcher records them
+    baseline = launcher.launch(TrainConfig(method="finetune").to_dict(), name="finetune")  # its config keeps λ 0.3
+    taps_run = launcher.launch(TrainConfig(lam=0.1).to_dict(), name="taps")
     proc = subprocess.run([sys.executable, "-m", "workbench", "list", "--runs-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=patience(120))
     assert proc.returncode == 0, proc.stderr

@@ -38,10 +38,10 @@ def test_heatmap_is_layers_by_steps_with_gates_at_the_threshold():
 
 
 def test_frontier_figure_reference_lines_are_the_baselines():
-    pts = [dict(run_id="a", method="taps", lam=0.1, task_specific_layers_pct=60, additional_params_pct=50, test_acc=0.83),
-           dict(run_id="b", method="taps", lam=1.0, task_specific_layers_pct=10, additional_params_pct=9, test_acc=0.81),
-           dict(run_id="c", method="finetune", lam=None, task_specific_layers_pct=100, additional_params_pct=101, test_acc=0.82),
-           dict(run_id="d", method="feature_extractor", lam=None, task_specific_layers_pct=0, additional_params_pct=0.4, test_acc=0.79)]
+    pts = [dict(kind="run", run_id="a", method="taps", lam=0.1, task_specific_layers_pct=60, additional_params_pct=50, test_acc=0.83),
+           dict(kind="run", run_id="b", method="taps", lam=1.0, task_specific_layers_pct=10, additional_params_pct=9, test_acc=0.81),
+           dict(kind="run", run_id="c", method="finetune", lam=None, task_specific_layers_pct=100, additional_params_pct=101, test_acc=0.82),
+           dict(kind="run", run_id="d", method="feature_extractor", lam=None, task_specific_layers_pct=0, additional_params_pct=0.4, test_acc=0.79)]
     fig = figures.frontier_figure(pts)
     assert sorted(s.y0 for s in fig.layout.shapes) == [0.79, 0.82]
     line = next(t for t in fig.data if t.name == "Pareto front")

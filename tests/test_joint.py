@@ -40,6 +40,10 @@ def test_joint_run_records_every_task(joint_run):
     assert epoch.test_acc == pytest.approx(sum(epoch.tasks[t]["test_acc"] for t in TASKS) / 2)
     assert result.metrics["tasks"] == epoch.tasks
     assert rec.steps[-1].active_layers == sum(epoch.tasks[t]["active_layers"] for t in TASKS)
+    # A frontier point per task, at the run's λ, with that task's own numbers.
+    assert [(p["kind"], p["dataset"], p["lam"], p["test_acc"], p["task_specific_layers_pct"])
+            for p in result.metrics["points"]] == [
+        ("joint_task", t, 1.0, epoch.tasks[t]["test_acc"], epoch.tasks[t]["task_specific_layers_pct"]) for t in TASKS]
 
 
 def test_joint_run_trains_the_shared_base_and_its_packs_serve_each_task_exactly(joint_run):

@@ -238,9 +238,10 @@ def test_frontier_only_finished_runs_metrics(store):
     row = rows[1]
     run = store.get_run(done)
     assert row.pop("seconds") == pytest.approx(run["finished_at"] - run["started_at"])  # the run's compute
-    assert row == dict(run_id=done, name=None, sweep="lam", method="taps", dataset="hanzi",
+    assert row == dict(run_id=done, name=None, sweep="lam", method="taps", dataset="hanzi", kind="run",
                        backbone="efficientnet_lite0", lam=0.5, lr=0.003, task_specific_layers_pct=24.5,
-                       additional_params_pct=10.6, val_acc=0.81, test_acc=0.79, total_steps=None)
+                       additional_params_pct=10.6, val_acc=0.81, test_acc=0.79, active_layers=12, total_steps=None,
+                       stage=None, budget_pct=None, budget_kind=None, pack=None)
     assert [r["run_id"] for r in store.frontier(sweep="lam")] == [done]
     assert [r["run_id"] for r in store.frontier(run_ids=[done2, running])] == [done2]
     assert rows[0]["test_acc"] == 0.5 and rows[0]["additional_params_pct"] == 100.0
@@ -493,12 +494,23 @@ def test_a_version_1_store_is_migrated_and_keeps_its_runs(tmp_path):
     conn.execute("PRAGMA user_version = 1")
     conn.execute("INSERT INTO runs (id, status, config, created_at, method) VALUES "
                  "('r-old', 'done', '{\"lam\": 0.5}', 1.0, 'taps')")
+    # Version 1 kept the config's λ for every run: a baseline's default, a budget run's unused one.
+    old_runs = [("r-base", "finetune", {"lam": 0.3}, None),
+                ("r-budget", "taps", {"lam": 0.3, "budget_pct": 25.0}, {"budget_pct": 25.0, "lam_final": 0.7}),
+                ("r-path", "taps", {"lam": 0.3, "lam_path": [0.1, 1.0]}, None),
+                ("r-joint", "taps", {"lam": 0.3, "tasks": ["a", "b"]}, None)]
+    for run_id, method, cfg, metrics in old_runs:
+        conn.execute("INSERT INTO runs (id, status, config, created_at, method, lam, metrics) VALUES "
+                     "(?, 'done', ?, 2.0, ?, 0.3, ?)", (run_id, json.dumps(cfg), method, metrics and json.dumps(metrics)))
     conn.execute("INSERT INTO steps (run_id, step, loss) VALUES ('r-old', 1, 0.7)")
     conn.execute("INSERT INTO epochs (run_id, epoch, train_loss) VALUES ('r-old', 0, 2.0)")
     conn.commit()
     conn.close()
     store = RunStore(root)
-    assert store.connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert store.connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert {r["id"]: (r["kind"], r["lam"]) for r in store.list_runs()} == {
+        "r-old": ("single", None), "r-base": ("single", None), "r-budget": ("budget", 0.7), "r-path": ("path", 0.3),
+        "r-joint": ("joint", 0.3)}
     run = store.get_run("r-old")
     assert run["config"] == {"lam": 0.5} and run["tasks"] is None
     assert [(s["step"], s["loss"], s["task_losses"]) for s in store.steps_since("r-old")] == [(1, 0.7, None)]
@@ -521,5 +533,5 @@ def test_joint_runs_record_each_task_and_give_a_frontier_point_per_task(store):
     assert store.steps_since(run_id)[0]["task_losses"] == [1.5, 0.5]
     assert store.epochs(run_id)[0]["tasks"] == per_task
     points = store.frontier()
-    assert [(p["dataset"], p["method"], p["test_acc"], p["task_specific_layers_pct"]) for p in points] == [
-        ("fashion-mnist", "taps_joint", 0.8, 100.0), ("digits", "taps_joint", 0.9, 0.0)]
+    assert [(p["dataset"], p["kind"], p["method"], p["test_acc"], p["task_specific_layers_pct"]) for p in points] == [
+        ("fashion-mnist", "joint_task", "taps", 0.8, 100.0), ("digits", "joint_task", "taps", 0.9, 0.0)]

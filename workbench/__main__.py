@@ -22,7 +22,6 @@ import time
 from taps.errors import TAPSError, exit_code_of
 
 from .store import RunStore
-from .summaries import run_lam
 
 _CONFIG_COMMANDS = ("launch", "sweep")
 
@@ -135,7 +134,7 @@ def _run(args) -> int:
             m = r.get("metrics") or {}
             progress = f"{r['last_step']}/{r['total_steps']}" if r.get("total_steps") else "-"
             rows.append([r["id"], r["status"], r.get("name"), r.get("sweep"), r.get("method"), r.get("dataset"),
-                         run_lam(r), r.get("lr"), progress, m.get("val_acc"), m.get("test_acc")])
+                         r.get("lam"), r.get("lr"), progress, m.get("val_acc"), m.get("test_acc")])
         print(_table(["id", "status", "name", "sweep", "method", "dataset", "lam", "lr", "steps",
                       "val_acc", "test_acc"], rows) if rows else f"no runs in {store.root}")
     elif args.command == "show":

@@ -19,6 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from taps.method.gate import gate_on
+from taps.training.points import PointKind
 
 __all__ = [
     "AXIS_TITLES", "KIND_COLORS", "loss_figure", "accuracy_figure", "heatmap_figure", "frontier_figure",
@@ -35,8 +36,11 @@ AXIS_TITLES = {
 KIND_COLORS = {"conv": "#4C78A8", "attention-qkv": "#F58518", "attention-proj": "#E45756",
                "mlp": "#54A24B", "linear": "#B279A2"}
 REFERENCE_METHODS = {"finetune": ("full fine-tuning", "dash"), "feature_extractor": ("feature extractor", "dot")}
-OTHER_BASELINES = {"bn_only": ("BN + head", "diamond"), "manual_freeze": ("manual freeze", "square"),
-                   "taps_joint": ("joint TAPS", "star"), "finetune_joint": ("joint fine-tuning", "cross")}
+# Points of their own marker, by (point kind, method).
+OTHER_SERIES = {(PointKind.RUN, "bn_only"): ("BN + head", "diamond"),
+                (PointKind.RUN, "manual_freeze"): ("manual freeze", "square"),
+                (PointKind.JOINT_TASK, "taps"): ("joint TAPS", "star"),
+                (PointKind.JOINT_TASK, "finetune"): ("joint fine-tuning", "cross")}
 TAPS_COLOR = "#1f77b4"
 PATH_COLOR = "#d62728"
 BUDGET_COLOR = "#2ca02c"
@@ -167,7 +171,8 @@ def frontier_figure(points: Sequence[dict], *, x: str = "task_specific_layers_pc
         fig.add_trace(go.Scatter(x=[p[x] for p in front], y=[p[y] for p in front], mode="lines",
                                  name="Pareto front", line=dict(color="#222", width=1.5, dash="solid"),
                                  hoverinfo="skip"))
-    taps_points = [p for p in usable if p.get("method") == "taps"]
+    single = [p for p in usable if p.get("kind", PointKind.RUN) == PointKind.RUN]  # hand-made points: runs
+    taps_points = [p for p in single if p.get("method") == "taps"]
     for on_front, name, color in ((True, "TAPS", TAPS_COLOR), (False, "TAPS (dominated)", DOMINATED_COLOR)):
         pts = [p for p in taps_points if (p["run_id"] in front_ids) == on_front]
         if pts:
@@ -178,15 +183,16 @@ def frontier_figure(points: Sequence[dict], *, x: str = "task_specific_layers_pc
                 hovertemplate="%{text}<br>%{x:.1f}" + ("%" if x.endswith("pct") else "") +
                               "<br>%{y:.3f}<br>run %{customdata}<extra></extra>"))
     unit = "%" if x.endswith("pct") else ""
-    for run_id in dict.fromkeys(p["run_id"] for p in usable if p.get("method") == "taps_path"):
-        pts = sorted((p for p in usable if p["run_id"] == run_id and p.get("method") == "taps_path"),
+    stages = [p for p in usable if p.get("kind") == PointKind.PATH_STAGE]
+    for run_id in dict.fromkeys(p["run_id"] for p in stages):
+        pts = sorted((p for p in stages if p["run_id"] == run_id),
                      key=lambda p: p["lam"])  # one run's stages, joined: its frontier
         fig.add_trace(go.Scatter(
             x=[p[x] for p in pts], y=[p[y] for p in pts], mode="lines+markers+text", name="λ path (one run)",
             text=[_label(p) for p in pts], textposition="bottom center", customdata=[run_id] * len(pts),
             marker=dict(size=9, symbol="triangle-up", color=PATH_COLOR), line=dict(color=PATH_COLOR, dash="dot"),
             hovertemplate="λ path, %{text}<br>%{x:.1f}" + unit + "<br>%{y:.3f}<br>run %{customdata}<extra></extra>"))
-    budget = [p for p in usable if p.get("method") == "taps_budget"]
+    budget = [p for p in usable if p.get("kind") == PointKind.BUDGET]
     if budget:
         fig.add_trace(go.Scatter(
             x=[p[x] for p in budget], y=[p[y] for p in budget], mode="markers+text", name="TAPS budget",
@@ -194,15 +200,15 @@ def frontier_figure(points: Sequence[dict], *, x: str = "task_specific_layers_pc
                   for p in budget], textposition="top center", customdata=[p["run_id"] for p in budget],
             marker=dict(size=11, symbol="hexagon", color=BUDGET_COLOR, line=dict(width=1, color="#fff")),
             hovertemplate="budget %{text}<br>%{x:.1f}" + unit + "<br>%{y:.3f}<br>run %{customdata}<extra></extra>"))
-    for method, (name, symbol) in OTHER_BASELINES.items():
-        pts = [p for p in usable if p.get("method") == method]
+    for (kind, method), (name, symbol) in OTHER_SERIES.items():
+        pts = [p for p in usable if p.get("kind", PointKind.RUN) == kind and p.get("method") == method]
         if pts:
             fig.add_trace(go.Scatter(
                 x=[p[x] for p in pts], y=[p[y] for p in pts], mode="markers", name=name,
                 customdata=[p["run_id"] for p in pts], marker=dict(size=11, symbol=symbol),
                 hovertemplate=name + "<br>%{x:.1f}<br>%{y:.3f}<br>run %{customdata}<extra></extra>"))
     for method, (name, dash) in REFERENCE_METHODS.items():
-        pts = [p for p in usable if p.get("method") == method]
+        pts = [p for p in single if p.get("method") == method]
         if not pts:
             continue
         best = max(pts, key=lambda p: p[y])

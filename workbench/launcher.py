@@ -153,7 +153,7 @@ class Launcher:
     def launch(self, config: dict, *, name: str | None = None, sweep: str | None = None) -> str:
         """Validate ``config`` (nothing is queued if it is bad), queue a run, start what fits."""
         cfg = self.validate(config)
-        run_id = self.store.create_run(cfg.to_dict(), name=name, sweep=sweep, backend=self.backend)
+        run_id = self._create(cfg, name, sweep)
         self.schedule()
         return run_id
 
@@ -182,12 +182,16 @@ class Launcher:
                     for method in BASELINES:
                         cfg = dict(base, dataset=ds, lr=lr, method=method)
                         plan.append((cfg, _run_name(method, ds, lr, None, datasets, lrs)))
-        checked = [(self.validate(cfg).to_dict(), run_name) for cfg, run_name in plan]
+        checked = [(self.validate(cfg), run_name) for cfg, run_name in plan]
         sweep_id = name or f"sweep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.urandom(2).hex()}"
-        run_ids = [self.store.create_run(cfg, name=run_name, sweep=sweep_id, backend=self.backend)
-                   for cfg, run_name in checked]
+        run_ids = [self._create(cfg, run_name, sweep_id) for cfg, run_name in checked]
         self.schedule()
         return sweep_id, run_ids
+
+    def _create(self, cfg, name: str | None, sweep: str | None) -> str:
+        """Queue a validated TrainConfig, with what it says about itself before it trains."""
+        return self.store.create_run(cfg.to_dict(), name=name, sweep=sweep, backend=self.backend,
+                                     kind=cfg.run_kind, lam=cfg.planned_lam, epochs=cfg.planned_epochs)
 
     # ----------------------------------------------------------------- the queue
     def reap(self) -> list[str]:

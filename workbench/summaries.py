@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from taps.method.gate import gate_on
+from taps.training.points import PointKind
 
 from .store import TERMINAL, RunStore
 
 __all__ = [
     "run_rows", "RunProgress", "run_progress", "final_scores", "layer_patterns", "layer_report_rows", "task_scores",
     "planned_steps", "comparable_run", "measured_run_timing", "RunEstimate", "estimate_run", "sweep_seconds",
-    "pack_rows", "format_duration", "run_label", "run_lam", "run_to_follow", "plural",
+    "pack_rows", "format_duration", "run_label", "run_to_follow", "plural",
 ]
 
 BYTES_PER_PARAM = 4  # float32 checkpoints
@@ -33,12 +34,6 @@ def format_duration(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def run_lam(run: dict) -> float | None:
-    """The λ a run trained with; None for a baseline, which has no penalty (its config keeps
-    the default λ all the same)."""
-    return run.get("lam") if run.get("method") == "taps" else None
 
 
 def run_label(run: dict) -> str:
@@ -86,7 +81,7 @@ def run_rows(runs: Iterable[dict]) -> list[dict]:
         rows.append({
             "id": r["id"], "name": run_label(r), "status": r["status"], "progress": _progress_fraction(r),
             "method": r.get("method"), "dataset": r.get("dataset"), "backbone": r.get("backbone"),
-            "λ": run_lam(r), "lr": r.get("lr"),
+            "λ": r.get("lam"), "lr": r.get("lr"),
             "test acc": m.get("test_acc"), "% task-specific layers": m.get("task_specific_layers_pct"),
             "% additional params": m.get("additional_params_pct"), "sweep": r.get("sweep"),
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
@@ -278,7 +273,7 @@ def pack_rows(store: RunStore, runs: Iterable[dict]) -> list[dict]:
             full = ((m.get("base_params") or 0) + (m.get("head_params") or 0)) * BYTES_PER_PARAM or None
             rows.append({"run_id": run["id"], "name": run_label(run), "dataset": dataset,
                          "backbone": run.get("backbone"), "method": run.get("method"),
-                         "λ": run_lam(run),
+                         "λ": run.get("lam"),
                          "test acc": m.get("test_acc"), "layers": m.get("active_layers"),
                          "pack bytes": size, "full model bytes": full,
                          "% of full": 100 * size / full if full else None, "path": str(path),
@@ -286,7 +281,7 @@ def pack_rows(store: RunStore, runs: Iterable[dict]) -> list[dict]:
     return rows
 
 
-COMPUTE_KINDS = {"taps": "λ sweep", "taps_path": "λ path", "taps_budget": "budget runs"}
+COMPUTE_KINDS = {PointKind.RUN: "λ sweep", PointKind.PATH_STAGE: "λ path", PointKind.BUDGET: "budget runs"}
 
 
 def compute_caption(points: list[dict], *, sweep: bool = True) -> str:
@@ -294,14 +289,15 @@ def compute_caption(points: list[dict], *, sweep: bool = True) -> str:
     once however many points it gives (a λ path gives one per stage). ``sweep``: the points are
     one sweep's; hand-picked TAPS runs are "TAPS runs", not a sweep."""
     parts = []
-    for method, kind in COMPUTE_KINDS.items():
-        kind = kind if sweep or method != "taps" else "TAPS runs"
-        runs = {p["run_id"]: p for p in points if p.get("method") == method}
+    for point_kind, kind in COMPUTE_KINDS.items():
+        kind = kind if sweep or point_kind != PointKind.RUN else "TAPS runs"
+        mine = [p for p in points if p.get("kind", PointKind.RUN) == point_kind and p.get("method") == "taps"]
+        runs = {p["run_id"]: p for p in mine}
         if not runs:
             continue
         steps = sum(p.get("total_steps") or 0 for p in runs.values())
         seconds = sum(p.get("seconds") or 0 for p in runs.values())
-        points_n = sum(1 for p in points if p.get("method") == method)
+        points_n = len(mine)
         parts.append(f"{kind}: {points_n} point{'s' * (points_n != 1)} from {len(runs)} run{'s' * (len(runs) != 1)}, "
                      f"{steps:,} steps, {format_duration(seconds)}")
     return "Compute — " + " · ".join(parts) if parts else ""

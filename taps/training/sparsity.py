@@ -26,6 +26,7 @@ from torch import nn
 
 from .budget import BudgetController, LayerCosts, project_to_budget
 from ..errors import ConfigError
+from .points import FrontierPoint, PointKind
 from .schedule import Stage, freeze_step, lam_at, plan_stages, stage_at
 
 if TYPE_CHECKING:
@@ -82,6 +83,12 @@ class FixedLam:
     def final_metrics(self, history: list[dict]) -> dict:
         return {"lam": self.final_lam if self.penalty_kind else None}
 
+    def points(self, per_task: dict[str, dict], kind: PointKind, history: list[dict]) -> list[FrontierPoint]:
+        """The frontier points of the finished run: one per task, at the λ in force at the end
+        (none for a method without a penalty)."""
+        lam = self.final_lam if self.penalty_kind else None
+        return [FrontierPoint.measured(kind, task, lam, metrics) for task, metrics in per_task.items()]
+
 
 class LamPath(FixedLam):
     """The frontier from one run: each stage warm-starts from the last at the next λ, and each
@@ -101,6 +108,12 @@ class LamPath(FixedLam):
     def final_metrics(self, history: list[dict]) -> dict:
         points = [{k: h[k] for k in (*PATH_POINT_FIELDS, "snapshot")} for h in history if h.get("snapshot")]
         return super().final_metrics(history) | {"path": points}
+
+    def points(self, per_task: dict[str, dict], kind: PointKind, history: list[dict]) -> list[FrontierPoint]:
+        """A point per stage, as each stage ended (its own task pack)."""
+        (task,) = per_task
+        return [FrontierPoint.measured(PointKind.PATH_STAGE, task, h["lam"], h, stage=h["stage"], pack=h["snapshot"])
+                for h in history if h.get("snapshot")]
 
 
 class Budget(FixedLam):
@@ -152,6 +165,11 @@ class Budget(FixedLam):
 
     def final_metrics(self, history: list[dict]) -> dict:
         return {"lam": self.final_lam, "budget_pct": self.pct, "budget_kind": self.kind, "lam_final": self.final_lam}
+
+    def points(self, per_task: dict[str, dict], kind: PointKind, history: list[dict]) -> list[FrontierPoint]:
+        """One point, at the λ the controller ended with (not the config's, which it never used)."""
+        return [FrontierPoint.measured(PointKind.BUDGET, task, self.final_lam, metrics, budget_pct=self.pct,
+                                       budget_kind=self.kind) for task, metrics in per_task.items()]
 
 
 def sparsity_schedule(config: TrainConfig, steps_per_epoch: int, model: nn.Module, num_classes: int) -> FixedLam:

@@ -42,6 +42,7 @@ from .methods import fix_gates, prepare_model
 from ..method.packs import NORM_FIELDS, save_pack
 from ..method.penalty import SparsityPenalty
 from ..method.stats import summarize
+from .points import PointKind
 
 if TYPE_CHECKING:
     from .events import EpochEvent
@@ -199,6 +200,12 @@ class OneTask(TaskSet):
         return {"val_acc": final.get("val_acc"), "test_acc": final.get("test_acc"),
                 "train_acc": final.get("train_acc"), **summarize(self.model).to_dict()}
 
+    point_kind = PointKind.RUN
+
+    def task_metrics(self, metrics: dict) -> dict[str, dict]:
+        """Each task's final numbers (the frontier's points)."""
+        return {self.names[0]: metrics}
+
     def save_packs(self, out: Path, lam: float, metrics: dict) -> dict:
         path = save_pack(self.model, out / PACK, class_names=self.classes, lam=lam, metrics=metrics,
                          extra=self.pack_extra(self.names[0]))
@@ -311,6 +318,11 @@ class JointTasks(TaskSet):
             "gated_layers", "active_layers", "delta_params", "norm_params", "head_params", "additional_params")})
         metrics["base_params"] = next((m["base_params"] for m in per_task.values()), None)
         return metrics | {"tasks": per_task}
+
+    point_kind = PointKind.JOINT_TASK
+
+    def task_metrics(self, metrics: dict) -> dict[str, dict]:
+        return metrics["tasks"]
 
     def pack_extra(self, task: str) -> dict:
         return super().pack_extra(task) | {"method": f"{self.config.method}_joint", "base": BASE,

@@ -20,6 +20,8 @@ from ..method.config import TAPSConfig
 from ..data import get_manifest, require_dataset
 from ..errors import ConfigError, WeightsUnavailableError
 from .methods import METHODS
+from .points import RunKind
+from .schedule import total_epochs
 from .sparsity import check_budget_reachable
 from .tasks import build_model
 
@@ -209,6 +211,27 @@ class TrainConfig:
         if self.norm_stats == "auto":
             return self.weights != "none"
         return self.norm_stats == "frozen"
+
+    @property
+    def run_kind(self) -> RunKind:
+        if self.tasks:
+            return RunKind.JOINT
+        if self.lam_path:
+            return RunKind.PATH
+        return RunKind.BUDGET if self.budget_pct is not None else RunKind.SINGLE
+
+    @property
+    def planned_lam(self) -> float | None:
+        """The λ the run starts with, as far as it is known before it trains: none for a method
+        without a penalty or for a budget run (its λ is found during training), a λ path's first."""
+        if self.method != "taps" or self.budget_pct is not None:
+            return None
+        return self.lam_path[0] if self.lam_path else self.lam
+
+    @property
+    def planned_epochs(self) -> int:
+        """Epochs in all: a λ path adds its later stages."""
+        return total_epochs(self.epochs, self.lam_path, self.path_stage_epochs)
 
     def taps_config(self) -> TAPSConfig:
         return TAPSConfig(threshold=self.threshold, score_init=self.score_init, include=self.include,

@@ -159,6 +159,8 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
 
     tasks.install(tasks.names[0])
     metrics = tasks.final_metrics(history[-1] if history else {}) | schedule.final_metrics(history)
+    points = schedule.points(tasks.task_metrics(metrics), tasks.point_kind, history) if history else []
+    metrics["points"] = [p.to_dict() for p in points]  # what the run adds to the frontier, as the store keeps it
     saved = tasks.save_packs(out, schedule.final_lam, metrics) if out and status == "done" else {}
     return TrainResult(status=status, epochs_done=len(history), metrics=metrics,
                        layer_report=[r.to_dict() for r in layer_report(model)], history=history,

@@ -11,11 +11,10 @@ from typing import Any, Iterable, Mapping
 
 from .database import Database, StoreError
 from .encoding import decode_scores, encode_scores, event_dict, optional_float, optional_int, to_json
-from .runs import planned_epochs
+from .legacy import points_from_old_metrics
 
 _EPOCH_FIELDS = ("epochs", "train_loss", "train_acc", "val_acc", "test_acc",
                  "task_specific_layers_pct", "additional_params_pct", "active_layers", "seconds", "t")
-_FRONTIER_METRICS = ("task_specific_layers_pct", "additional_params_pct", "val_acc", "test_acc")
 
 # Public so tests and tools can EXPLAIN it: an indexed range scan of the steps' primary key.
 STEPS_SINCE_SQL = (
@@ -47,7 +46,7 @@ class RunEvents(Database):
                  to_json(list(d.get("classes") or []), "classes"),
                  optional_int(d.get("total_steps")), d.get("device"), optional_int(d.get("train_size")),
                  optional_int(d.get("val_size")), optional_int(d.get("test_size")),
-                 optional_int(d.get("total_epochs")) or planned_epochs(d.get("config") or {}), time.time(), start_epoch,
+                 optional_int(d.get("total_epochs")), time.time(), start_epoch,
                  to_json(list(d["tasks"]), "tasks") if d.get("tasks") else None, run_id))
             if cur.rowcount == 0:
                 raise StoreError(f"no run {run_id!r} in the run store {self.root}")
@@ -168,12 +167,11 @@ class RunEvents(Database):
         return out
 
     def frontier(self, sweep: str | None = None, run_ids: Iterable[str] | None = None) -> list[dict]:
-        """Finished (done) runs' final trade-off: run_id, name, sweep, method, dataset, backbone,
-        lam, lr, task_specific_layers_pct, additional_params_pct, val_acc, test_acc, and the run's
-        compute (total_steps, seconds) — from each run's final metrics (runs without metrics are
-        left out). Sorted by method, then λ. A joint run gives a point per task (method
-        ``<method>_joint``), a λ path a point per stage (``taps_path``, with ``stage``), a budget
-        run one point (``taps_budget``, with ``budget_pct``)."""
+        """The frontier points of finished (done) runs, as their trainers reported them (see
+        ``taps.training.points``): kind, dataset, λ as used, stage, budget, val_acc, test_acc,
+        task_specific_layers_pct, additional_params_pct; with the run's run_id, name, sweep, method,
+        backbone, lr and compute (total_steps, seconds). Sorted by method, then λ. A joint run
+        gives a point per task, a λ path a point per stage."""
         sql = ("SELECT id, name, sweep, method, dataset, backbone, lam, lr, metrics, total_steps, "
                "finished_at - started_at AS seconds FROM runs WHERE status = 'done' AND metrics IS NOT NULL")
         params: list[Any] = []
@@ -183,29 +181,18 @@ class RunEvents(Database):
         if run_ids is not None:
             sql += " AND id IN (SELECT value FROM json_each(?))"
             params.append(json.dumps(list(run_ids)))
-        sql += " ORDER BY method, lam, created_at"
+        sql += " ORDER BY method, created_at"
         out = []
         for r in self._read(sql, params, "reading the frontier"):
             metrics = json.loads(r["metrics"])
             if not isinstance(metrics, dict):
                 continue
-            row = {"run_id": r["id"], "name": r["name"], "sweep": r["sweep"], "method": r["method"],
-                   "dataset": r["dataset"], "backbone": r["backbone"], "lam": r["lam"], "lr": r["lr"],
-                   "total_steps": r["total_steps"], "seconds": r["seconds"]}  # the run's compute
-            per_task, path = metrics.get("tasks"), metrics.get("path")
-            if isinstance(per_task, dict) and per_task:  # a joint run: one point per task
-                for task, m in per_task.items():
-                    out.append(dict(row, dataset=task, method=f"{r['method']}_joint",
-                                    **{k: m.get(k) for k in _FRONTIER_METRICS}))
-                continue
-            if isinstance(path, list) and path:  # a λ path: one point per stage snapshot
-                for point in path:
-                    out.append(dict(row, method="taps_path", lam=point.get("lam"), stage=point.get("stage"),
-                                    **{k: point.get(k) for k in _FRONTIER_METRICS}))
-                continue
-            if metrics.get("budget_pct") is not None:  # budget mode: λ is what the controller ended at
-                row.update(method="taps_budget", lam=metrics.get("lam_final"), budget_pct=metrics["budget_pct"],
-                           budget_kind=metrics.get("budget_kind"))
-            row.update({k: metrics.get(k) for k in _FRONTIER_METRICS})
-            out.append(row)
+            run = {"run_id": r["id"], "name": r["name"], "sweep": r["sweep"], "method": r["method"],
+                   "backbone": r["backbone"], "lr": r["lr"], "total_steps": r["total_steps"], "seconds": r["seconds"]}
+            points = metrics.get("points")
+            if not isinstance(points, list):
+                points = points_from_old_metrics(r["dataset"], r["lam"], metrics)
+            out += [run | point for point in points if isinstance(point, dict)]
+        # Stable, so runs of one method and λ stay in creation order; no λ (baselines) first.
+        out.sort(key=lambda p: (p["method"] or "", p.get("lam") is not None, p.get("lam") or 0.0))
         return out

@@ -12,8 +12,6 @@ from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from taps.training.schedule import total_epochs
-
 from .database import Database, StoreError
 from .encoding import event_dict, optional_float, optional_int, to_json
 from .schema import RUN_ID_RE
@@ -29,6 +27,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "cancelled": frozenset({"queued"}),   # resume
 }
 
+_FROM_CONFIG = object()  # create_run: take the value from the config
 _JSON_FIELDS = ("config", "metrics", "layer_names", "layer_kinds", "layer_params", "classes", "tasks")
 
 
@@ -46,9 +45,14 @@ class RunLifecycle(Database):
         return f"r-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{os.urandom(2).hex()}"
 
     def create_run(self, config: Mapping | Any, *, name: str | None = None, sweep: str | None = None,
-                   backend: str = "local") -> str:
+                   backend: str = "local", kind: str | None = None, lam: float | None | object = _FROM_CONFIG,
+                   epochs: int | None | object = _FROM_CONFIG) -> str:
         """A new queued run; writes ``<root>/<id>/config.json``. Returns the run id
-        (``r-YYYYMMDD-HHMMSS-xxxx``, UTC, so ids sort by creation to the second)."""
+        (``r-YYYYMMDD-HHMMSS-xxxx``, UTC, so ids sort by creation to the second). ``kind``, ``lam``
+        and ``epochs`` are what the caller knows of the run before it starts (the launcher asks
+        the config: a budget run has no λ yet, a λ path trains more epochs than ``epochs``);
+        unsaid, λ and epochs are the config's own values. The trainer's start event and final
+        metrics correct them."""
         if hasattr(config, "to_dict"):
             config = config.to_dict()
         elif is_dataclass(config) and not isinstance(config, type):
@@ -78,10 +82,12 @@ class RunLifecycle(Database):
             with self._tx("creating a run") as conn:
                 conn.execute(
                     "INSERT INTO runs (id, name, sweep, status, method, dataset, backbone, lam, lr, config, "
-                    "created_at, epochs, backend, device) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "created_at, epochs, backend, device, kind) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, name, sweep, config.get("method"), dataset, config.get("backbone"),
-                     optional_float(config.get("lam")), optional_float(config.get("lr")), config_json, now,
-                     planned_epochs(config), backend, _requested_device(config)))
+                     optional_float(config.get("lam") if lam is _FROM_CONFIG else lam),
+                     optional_float(config.get("lr")), config_json, now,
+                     optional_int(config.get("epochs") if epochs is _FROM_CONFIG else epochs), backend,
+                     _requested_device(config), None if kind is None else str(kind)))
         except BaseException as e:
             shutil.rmtree(folder, ignore_errors=True)
             if isinstance(e, OSError):
@@ -190,6 +196,8 @@ class RunLifecycle(Database):
         extra: dict[str, Any] = {}
         if metrics is not None:
             extra["metrics"] = to_json(dict(metrics), "a run's metrics")
+            if "lam" in metrics:  # the λ the run ended with (a budget run's own), not the config's
+                extra["lam"] = optional_float(metrics["lam"])
         if error is not None:
             extra["error"] = str(error)
         with self._tx(f"finishing run {run_id}") as conn:
@@ -220,11 +228,3 @@ def _requested_device(config: Mapping) -> str | None:
     records the device it chose when the run starts): a run never shows "auto" as its device."""
     device = config.get("device")
     return None if device in (None, "auto") else device
-
-
-def planned_epochs(config: Mapping) -> int | None:
-    """The epochs a run's config trains in all (a λ path adds its later stages)."""
-    epochs = optional_int(config.get("epochs"))
-    if epochs is None:
-        return None
-    return total_epochs(epochs, config.get("lam_path"), optional_int(config.get("path_stage_epochs")) or 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 # Migrations: version → statements (run one by one inside one transaction; executescript would
@@ -103,4 +103,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # A run's own warning about an epoch (e.g. training loss still at chance after the first).
     3: ("ALTER TABLE epochs ADD COLUMN warning TEXT",),
+    # How a run trains (taps.training.points.RunKind), and λ as used: none for a baseline (its
+    # config keeps the default λ all the same), a budget run's where its controller ended.
+    4: (
+        "ALTER TABLE runs ADD COLUMN kind TEXT",
+        """UPDATE runs SET kind = CASE
+            WHEN json_array_length(config, '$.tasks') > 0 THEN 'joint'
+            WHEN json_array_length(config, '$.lam_path') > 0 THEN 'path'
+            WHEN json_extract(config, '$.budget_pct') IS NOT NULL THEN 'budget'
+            ELSE 'single' END""",
+        "UPDATE runs SET lam = NULL WHERE method IS NOT 'taps'",
+        "UPDATE runs SET lam = json_extract(metrics, '$.lam_final') WHERE kind = 'budget'",
+    ),
 }
