@@ -12,12 +12,11 @@ POINT_KINDS = {PointKind.RUN: "run", PointKind.PATH_STAGE: "λ path stage", Poin
                PointKind.JOINT_TASK: "joint task"}
 
 launcher = ui.launcher()
-store = launcher.store
 st.title("Frontier")
 st.caption("Each point is a finished run. Lower λ adapts more layers; the front shows the best accuracy "
            "for each budget. Click a point to open its run.")
 
-sweeps = store.sweeps()
+sweeps = launcher.sweeps()
 source = st.radio("Runs", ["a sweep", "runs I choose"], horizontal=True, index=0 if sweeps else 1)
 if source == "a sweep":
     if not sweeps:

@@ -112,8 +112,7 @@ def timed_step(backbone: str, resolution: int, batch_size: int, method: str, dev
 @st.cache_data(max_entries=256, show_spinner=False)
 def past_run_timing(run_id: str, finished_at: float) -> dict | None:
     """A finished run's measured step and start-up (it never changes: cached by id and end)."""
-    store = launcher.store
-    return measured_run_timing(store.get_run(run_id), store.steps_since(run_id), store.epochs(run_id))
+    return measured_run_timing(launcher.get(run_id), launcher.steps_since(run_id), launcher.epochs(run_id))
 
 
 def run_time_text(config: dict, n_runs: int, slots: int, errors: list[str]) -> str:
@@ -129,11 +128,11 @@ def run_time_text(config: dict, n_runs: int, slots: int, errors: list[str]) -> s
                         "on this machine (once per setting)…"):
             timing = timed_step(config["backbone"], config["resolution"], config["batch_size"],
                                 "taps" if config["tasks"] else config["method"], config["device"],
-                                bool(launcher.store.list_runs(status="running")), str(calibration.cache_path()))
+                                bool(launcher.list_runs(status="running")), str(calibration.cache_path()))
     except Exception as exc:  # noqa: BLE001 - a model that cannot be built here: say so, do not fail the page
         return f"How long a run takes is unknown: timing a training step failed ({exc})."
     host = socket.gethostname()
-    past = next((r for r in launcher.store.list_runs(status="done", limit=200) if comparable_run(r, config, host)),
+    past = next((r for r in launcher.list_runs(status="done", limit=200) if comparable_run(r, config, host)),
                 None)
     past_timing = past_run_timing(past["id"], past["finished_at"]) if past else None
     epochs = total_epochs(config["epochs"], config.get("lam_path"), config.get("path_stage_epochs", 1))

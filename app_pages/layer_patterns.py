@@ -8,7 +8,6 @@ from workbench import figures, ui
 from workbench.summaries import layer_patterns, plural, run_label
 
 launcher = ui.launcher()
-store = launcher.store
 st.title("Layer patterns")
 st.caption("A filled cell is a layer the run gave a task-specific delta; an empty one is shared with the "
            "pretrained base. Compare tasks, or one task across λ.")
@@ -39,7 +38,7 @@ if not chosen:
     st.info("Choose one or more runs.")
     st.stop()
 
-rows, names, kinds, threshold = layer_patterns(store, [by_id[i] for i in chosen])
+rows, names, kinds, threshold = layer_patterns(launcher, [by_id[i] for i in chosen])
 if not rows:
     st.info("These runs have not recorded a training step yet.")
     st.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from workbench import figures, ui
-from workbench.launcher import LOG_NAME
 from workbench.live import FigureCache, LiveRun, poll_seconds
 from workbench.store import STATUSES, TERMINAL
 from workbench.summaries import (final_scores, layer_report_rows, plural, run_label, run_progress, run_rows,
@@ -28,7 +27,6 @@ LOG_TAIL_BYTES = 6000
 STATUS_COLORS = {"queued": "gray", "running": "blue", "done": "green", "failed": "red", "cancelled": "orange"}
 
 launcher = ui.launcher()
-store = launcher.store
 st.title("Runs")
 launched = st.session_state.pop("launched", None)
 if launched:
@@ -39,7 +37,7 @@ if launched:
 
 runs = launcher.list_runs(limit=1000)  # reaps runs whose worker vanished
 if any(r["status"] == "queued" for r in runs) and launcher.schedule():  # the queue moves even if a worker died
-    runs = store.list_runs(limit=1000)
+    runs = launcher.list_runs(limit=1000)
 if not runs:
     st.info("No runs yet. Launch one on the Launch page.")
     st.page_link(ui.LAUNCH_PAGE, label="Launch a run", icon=":material/rocket_launch:")
@@ -47,7 +45,7 @@ if not runs:
 
 f1, f2 = st.columns([2, 1])
 statuses = f1.multiselect("Status", STATUSES, default=[], placeholder="all statuses")
-sweep = f2.selectbox("Sweep", ["all runs"] + store.sweeps())
+sweep = f2.selectbox("Sweep", ["all runs"] + launcher.sweeps())
 
 selected = ui.selected_run()
 if selected not in {r["id"] for r in runs}:
@@ -91,12 +89,12 @@ def runs_table() -> None:
 
 st.fragment(runs_table, run_every=TABLE_REFRESH_S if st.session_state["table_active"] else None)()
 st.divider()
-run = store.get_run(selected)
+run = launcher.get(selected)
 st.session_state["panel_active"] = run["status"] in ACTIVE
 
 
 def _log_tail(run_id: str) -> str:
-    path = store.run_dir(run_id) / LOG_NAME
+    path = launcher.log_path(run_id)
     try:
         with open(path, "rb") as fh:
             fh.seek(0, 2)
@@ -110,7 +108,7 @@ def live_run(run_id: str) -> LiveRun:
     """What this session has read of the run so far (read on from there at each poll)."""
     live = st.session_state.get("live_run")
     if live is None or live.run_id != run_id:
-        live = st.session_state["live_run"] = LiveRun(store, run_id)
+        live = st.session_state["live_run"] = LiveRun(launcher, run_id)
         st.session_state["live_figures"] = FigureCache()
     return live
 
@@ -204,7 +202,7 @@ if run["status"] in ACTIVE:  # read before the panel's first poll: its pace is k
     st.session_state["live_poll_s"] = poll_seconds(live_run(run["id"]).step_seconds())
 st.fragment(live_panel, run_every=st.session_state["live_poll_s"] if run["status"] in ACTIVE else None)(run["id"])
 if run["status"] in TERMINAL:
-    report = layer_report_rows(run, final_scores(store, run["id"]))
+    report = layer_report_rows(run, final_scores(launcher, run["id"]))
     if report:
         with st.expander(f"Layer report: {sum(r['task-specific'] for r in report)} of {len(report)} "
                          "layers task-specific"):

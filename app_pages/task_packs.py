@@ -37,12 +37,11 @@ def megabytes(n: float | None) -> str:
 
 
 launcher = ui.launcher()
-store = launcher.store
 st.title("Task packs")
 st.caption("A pack holds only what a task adds to the frozen base: the deltas of its task-specific layers, "
            "its normalisation layers and its head. Apply it to the base to get the task's model.")
 
-packs = pack_rows(store, launcher.list_runs(status="done"))
+packs = pack_rows(launcher, launcher.list_runs(status="done"))
 if not packs:
     st.info("No task packs yet: every finished run writes one.")
     st.stop()

@@ -25,7 +25,9 @@ def populate(store: RunStore, runs: int, steps: int, *, layers: int = LAYERS, sw
         lam = 10 ** (k - 2) if method == "taps" else None
         config = {"backbone": "efficientnet_lite0", "dataset": "fashion-mnist", "method": method,
                   "lam": lam if lam is not None else 0.3, "lr": 0.003, "epochs": 3, "threshold": 0.1}
-        run_id = store.create_run(config, name=None if method == "taps" else "finetune", sweep=sweep)
+        # As the launcher and the engine tell the store: a baseline has no λ, whatever its config says.
+        run_id = store.create_run(config, name=None if method == "taps" else "finetune", sweep=sweep, kind="single",
+                                  lam=lam)
         store.mark_running(run_id, os.getpid(), None, device="CPU (2 cores)")
         store.record_start(run_id, {"layer_names": names, "layer_kinds": ["conv"] * layers,
                                     "layer_params": [1000 + j for j in range(layers)],
@@ -56,6 +58,6 @@ def populate(store: RunStore, runs: int, steps: int, *, layers: int = LAYERS, sw
         store.finish(run_id, "done", metrics={
             "test_acc": acc, "val_acc": acc, "train_acc": acc, "task_specific_layers_pct": 100 * active / layers,
             "additional_params_pct": 3 + 97 * active / layers, "active_layers": active, "gated_layers": layers,
-            "base_params": 3_400_000, "head_params": 12_810})
+            "base_params": 3_400_000, "head_params": 12_810, "lam": lam})
         ids.append(run_id)
     return ids

@@ -159,3 +159,31 @@ def test_no_private_name_is_imported_from_another_module():
 
 def test_no_module_is_long_without_a_stated_reason():
     assert long_modules() == {}, f"split these modules, or start a line of their docstring with {LONG_REASON!r}"
+
+
+def _reads_the_store_directly(source: str) -> list[str]:
+    """Where code reaches past the Launcher to the run store: building a RunStore, or
+    ``launcher.store``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr == "store" and isinstance(node.value, ast.Name) \
+                and node.value.id == "launcher":
+            found.append(f"line {node.lineno}: launcher.store")
+        if isinstance(node, ast.Name) and node.id == "RunStore":
+            found.append(f"line {node.lineno}: RunStore")
+    return found
+
+
+def test_pages_and_notebooks_read_runs_through_the_launcher():
+    import json
+
+    sources = {p.relative_to(ROOT): p.read_text(encoding="utf-8") for p in (ROOT / "app_pages").glob("*.py")}
+    sources[Path("app.py")] = (ROOT / "app.py").read_text(encoding="utf-8")
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        sources[nb.relative_to(ROOT)] = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    assert len(sources) >= 8
+    offenders = {str(path): found for path, source in sources.items() if (found := _reads_the_store_directly(source))}
+    assert not offenders, f"read the runs through the Launcher (list_runs, get, frontier, …): {offenders}"
+    assert _reads_the_store_directly("launcher = Launcher(RunStore(root))\nlauncher.store.sweeps()") == [
+        "line 1: RunStore", "line 2: launcher.store"]  # the check finds what it looks for

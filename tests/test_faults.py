@@ -28,7 +28,8 @@ from tests.helpers import (FAST_RUN, disk_full, faulty_open, kill_this_process, 
                            step_numbers, tiny_resnet)
 from workbench import worker
 from workbench.launcher import DISAPPEARED, LOG_NAME, Launcher
-from workbench.processes import process_alive, usable_cores
+from workbench.hardware import usable_cores
+from workbench.processes import process_alive
 from workbench.store import DB_NAME, TERMINAL, RunStore, StoreError
 from speed import patience
 

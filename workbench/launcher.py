@@ -24,8 +24,6 @@ import contextlib
 import fcntl
 import json
 import os
-import platform
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,10 +34,11 @@ from typing import Iterable, Iterator
 
 from taps.fileio import atomic_write
 
-from .processes import THREADS_ENV, cpu_threads_per_worker, create_time, process_alive, usable_cores
+from .hardware import THREADS_ENV, cpu_threads_per_worker, visible_gpus
+from .processes import create_time, process_alive
 from .store import TERMINAL, RunStore, StoreError
 
-__all__ = ["Launcher", "LOCK_NAME", "CANCEL_FLAG", "DISAPPEARED", "visible_gpus", "device_summary"]
+__all__ = ["Launcher", "LOCK_NAME", "CANCEL_FLAG", "DISAPPEARED"]
 
 LOCK_NAME = "launcher.lock"
 SETTINGS_NAME = "launcher.json"
@@ -48,55 +47,6 @@ GPU_FILE = "gpu"
 LOG_NAME = "log.txt"
 DISAPPEARED = "worker process disappeared"
 BASELINES = ("finetune", "feature_extractor")
-
-
-def visible_gpus() -> list[str]:
-    """CUDA device indices this process may hand out, without importing torch:
-    ``CUDA_VISIBLE_DEVICES`` if set, else one per line of ``nvidia-smi -L``, else none."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        ids = [t.strip() for t in env.split(",") if t.strip()]
-        out = []
-        for t in ids:  # CUDA stops at the first invalid entry (e.g. -1)
-            if t.lstrip("-").isdigit() and int(t) < 0:
-                break
-            out.append(t)
-        return out
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return []
-    try:
-        res = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    if res.returncode != 0:
-        return []
-    n = sum(1 for line in res.stdout.splitlines() if line.strip().startswith("GPU "))
-    return [str(i) for i in range(n)]
-
-
-def device_summary() -> str:
-    """Where runs will train, in words, without importing torch (the dashboard shows this):
-    the visible GPUs' names, else the CPU and its cores."""
-    gpus = visible_gpus()
-    if gpus:
-        names = []
-        exe = shutil.which("nvidia-smi")
-        if exe is not None:
-            try:
-                res = subprocess.run([exe, "--query-gpu=index,name", "--format=csv,noheader"],
-                                     capture_output=True, text=True, timeout=10)
-                found = dict(line.split(", ", 1) for line in res.stdout.splitlines() if ", " in line)
-                names = [found.get(g, f"GPU {g}") for g in gpus]
-            except (OSError, subprocess.SubprocessError, ValueError):
-                pass
-        names = names or [f"GPU {g}" for g in gpus]
-        distinct = list(dict.fromkeys(names))
-        return f"{len(gpus)} × {distinct[0]}" if len(distinct) == 1 else ", ".join(names)
-    cores = usable_cores()
-    if sys.platform == "darwin" and platform.machine() == "arm64":
-        return f"Apple GPU (mps), {cores} CPU cores"
-    return f"CPU ({cores} cores)"
 
 
 class Launcher:
@@ -346,7 +296,9 @@ class Launcher:
             raise StoreError(f"no run {run_id!r} in the run store {self.root}")
         return run
 
-    # ----------------------------------------------------------------- reading (reap first)
+    # ----------------------------------------------------------------- reading
+    # What pages and notebooks read goes through here. The runs themselves are read after reaping
+    # (a run whose worker vanished reads as failed, not running); what runs recorded is read as is.
     def list_runs(self, status=None, sweep: str | None = None, limit: int | None = None) -> list[dict]:
         self.reap()
         return self.store.list_runs(status=status, sweep=sweep, limit=limit)
@@ -360,9 +312,30 @@ class Launcher:
         self.reap()
         return self.store.steps_since(run_id, after_step, limit, with_scores=with_scores)
 
-    def frontier(self, sweep: str | None = None) -> list[dict]:
+    def frontier(self, sweep: str | None = None, run_ids: Iterable[str] | None = None) -> list[dict]:
         self.reap()
-        return self.store.frontier(sweep)
+        return self.store.frontier(sweep, run_ids)
+
+    def sweeps(self) -> list[str]:
+        return self.store.sweeps()
+
+    def steps_since(self, run_id: str, after_step: int = 0, limit: int | None = None, *,
+                    with_scores: bool = False) -> list[dict]:
+        """``events_since`` without reaping: for a live view that has just read the run."""
+        return self.store.steps_since(run_id, after_step, limit, with_scores=with_scores)
+
+    def scores_matrix(self, run_id: str, after_step: int = 0, every: int = 1, limit: int | None = None):
+        return self.store.scores_matrix(run_id, after_step, every, limit)
+
+    def epochs(self, run_id: str) -> list[dict]:
+        return self.store.epochs(run_id)
+
+    def artifacts(self, run_id: str, kind: str | None = None) -> list[dict]:
+        return self.store.artifacts(run_id, kind)
+
+    def log_path(self, run_id: str) -> Path:
+        """The run's log: its worker's output."""
+        return self.store.run_dir(run_id) / LOG_NAME
 
     def wait(self, run_ids: str | Iterable[str], timeout: float = 600.0, poll_s: float = 0.25) -> dict[str, str]:
         """Poll (scheduling and reaping as it goes) until every run is final; returns

@@ -14,7 +14,7 @@ import statistics
 import time
 from typing import Sequence
 
-from .store import RunStore
+from .store import RunReader
 
 __all__ = ["LiveRun", "FigureCache", "poll_seconds", "POLL_MIN_S", "POLL_MAX_S", "FIGURE_REFRESH_S"]
 
@@ -45,8 +45,8 @@ class LiveRun:
     ``recent_steps`` are what to draw; ``version`` says which figure's data changed since a
     figure was last built (compare with the version it was built from)."""
 
-    def __init__(self, store: RunStore, run_id: str, *, curve_points: int = 600, heatmap_columns: int = 300):
-        self.store, self.run_id = store, run_id
+    def __init__(self, runs: RunReader, run_id: str, *, curve_points: int = 600, heatmap_columns: int = 300):
+        self.runs, self.run_id = runs, run_id
         self.curve_points, self.heatmap_columns = curve_points, heatmap_columns
         self.version = {"steps": 0, "epochs": 0, "scores": 0}
         self._reset(None)
@@ -76,14 +76,14 @@ class LiveRun:
                 or (run.get("last_step") or 0) < self.last_step or done_epochs < len(self.epochs)):
             self._reset(run)
         changed = False
-        new_steps = self.store.steps_since(self.run_id, self.last_step)
+        new_steps = self.runs.steps_since(self.run_id, self.last_step)
         if new_steps:
             self._curve.extend(s for s in new_steps if s["step"] % self.curve_stride == 0)
             self.recent_steps.extend(new_steps)
             self.last_step = new_steps[-1]["step"]
             self.version["steps"] += 1
             changed = True
-        steps, scores = self.store.scores_matrix(self.run_id, self.last_scores_step)
+        steps, scores = self.runs.scores_matrix(self.run_id, self.last_scores_step)
         if steps:
             for step, row in zip(steps, scores):
                 if step % self.heatmap_stride == 0:
@@ -94,7 +94,7 @@ class LiveRun:
             self.version["scores"] += 1
             changed = True
         if done_epochs != len(self.epochs):
-            self.epochs = self.store.epochs(self.run_id)
+            self.epochs = self.runs.epochs(self.run_id)
             self.version["epochs"] += 1
             changed = True
         return changed

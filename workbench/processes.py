@@ -1,13 +1,8 @@
 """Is a run's worker still alive? A pid alone cannot say (pids are reused), so a run records its
-worker's pid and that process's create time, and both must match. And how many cores a worker
-may use."""
+worker's pid and that process's create time, and both must match."""
 from __future__ import annotations
 
-import os
-
 import psutil
-
-THREADS_ENV = "OMP_NUM_THREADS"  # torch's CPU thread pool reads it when it starts
 
 
 def process_alive(pid: int | None, create_time: float | None) -> bool:
@@ -32,15 +27,3 @@ def create_time(pid: int) -> float | None:
     except psutil.Error:
         return None
 
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, not the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def cpu_threads_per_worker(workers: int) -> int:
-    """Threads for each of ``workers`` CPU runs sharing this machine. Each torch process would
-    otherwise start one thread per core, and k runs on n cores oversubscribe them k times over:
-    OpenMP threads spin while they wait for each other, and two 2-thread runs on 2 cores were
-    measured 3-6× slower per step than one run after the other."""
-    return max(1, usable_cores() // max(1, workers))

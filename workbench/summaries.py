@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 from taps.method.gate import gate_on
 from taps.training.points import PointKind
 
-from .store import TERMINAL, RunStore
+from .store import TERMINAL, RunReader
 
 __all__ = [
     "run_rows", "RunProgress", "run_progress", "final_scores", "layer_patterns", "layer_report_rows", "task_scores",
@@ -134,9 +134,9 @@ def run_progress(run: dict, recent_steps: Sequence[dict] = (), epochs: Sequence[
     return RunProgress(fraction, step, total, eta, elapsed, text)
 
 
-def final_scores(store: RunStore, run_id: str) -> list[float] | None:
+def final_scores(runs: RunReader, run_id: str) -> list[float] | None:
     """The run's gate scores at its last recorded step (None before the first step)."""
-    _, matrix = store.scores_matrix(run_id, limit=1)
+    _, matrix = runs.scores_matrix(run_id, limit=1)
     return matrix[-1] if matrix else None
 
 
@@ -167,14 +167,14 @@ def layer_report_rows(run: dict, scores: Sequence[float] | None) -> list[dict]:
             for i, (name, kind, p, s) in enumerate(zip(names, kinds, params, block))]
 
 
-def layer_patterns(store: RunStore, runs: Sequence[dict]) -> tuple[list[dict], list[str], list[str], float]:
+def layer_patterns(reader: RunReader, runs: Sequence[dict]) -> tuple[list[dict], list[str], list[str], float]:
     """Rows for :func:`workbench.figures.layer_patterns_figure` from runs of one backbone:
     (rows, layer_names, layer_kinds, threshold). Runs without recorded scores are left out;
     runs with another layer list than the first are refused (a ValueError says which)."""
     rows, names, kinds, tau = [], None, None, 0.1
     seen: dict[str, int] = {}
     for run in runs:
-        scores = final_scores(store, run["id"])
+        scores = final_scores(reader, run["id"])
         if scores is None or not run.get("layer_names"):
             continue
         if names is None:
@@ -253,14 +253,14 @@ def sweep_seconds(per_run_s: float, runs: int, at_once: int) -> float:
     return runs * per_run_s / max(1, min(at_once, runs))
 
 
-def pack_rows(store: RunStore, runs: Iterable[dict]) -> list[dict]:
+def pack_rows(reader: RunReader, runs: Iterable[dict]) -> list[dict]:
     """Task packs of finished runs that are still on disk, with their size against a full
     fine-tuned float32 copy of the model."""
     rows = []
     for run in runs:
         if run.get("status") not in TERMINAL:
             continue
-        for art in store.artifacts(run["id"], kind="pack"):
+        for art in reader.artifacts(run["id"], kind="pack"):
             path = Path(art["path"])
             if not path.is_file():
                 continue

@@ -8,7 +8,8 @@ import streamlit as st
 
 from taps.errors import TAPSError
 
-from .launcher import Launcher, device_summary
+from .hardware import device_summary
+from .launcher import Launcher
 from .store import RunStore, StoreError, default_root
 
 T = TypeVar("T")

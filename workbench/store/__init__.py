@@ -30,17 +30,19 @@ Design points (see DESIGN.md §6, "Trackers"):
 
 The package: ``schema`` (tables and migrations), ``database`` (connections, transactions,
 errors), ``runs`` (a run's lifecycle), ``events`` (what runs record, and the queries over it),
-``run_store`` (RunStore, the two together) and ``recorder`` (StoreRecorder).
+``run_store`` (RunStore, the two together), ``recorder`` (StoreRecorder) and ``reader``
+(RunReader: the reads a Launcher passes on).
 """
 from .database import BUSY_TIMEOUT_S, DB_NAME, ENV_VAR, StoreError, default_root
 from .events import SCORES_SQL, STEPS_SINCE_SQL
+from .reader import RunReader
 from .recorder import StoreRecorder
 from .run_store import RunStore
 from .runs import STATUSES, TERMINAL, TRANSITIONS
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = [
-    "RunStore", "StoreRecorder", "StoreError", "SCHEMA_VERSION", "STATUSES", "TERMINAL",
+    "RunStore", "RunReader", "StoreRecorder", "StoreError", "SCHEMA_VERSION", "STATUSES", "TERMINAL",
     "DB_NAME", "ENV_VAR", "default_root", "BUSY_TIMEOUT_S", "MIGRATIONS", "TRANSITIONS",
     "STEPS_SINCE_SQL", "SCORES_SQL",
 ]
