@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -126,3 +127,36 @@ def test_a_setting_that_cannot_be_timed_says_so(tmp_path, monkeypatch):
     at = app(tmp_path / "runs", monkeypatch)
     assert "How long a run takes is unknown: timing a training step failed (no such model)" in _estimate(at)
 
+
+
+# A fixed duration per run ("about 35 s", "about a minute a run") is wrong on most machines:
+# times come from the estimate measured here, or name the machine they were measured on.
+FIXED_TIME = re.compile(r"\b(about|around|takes|in)\s+(a minute|\d+(\.\d+)?\s*(s|seconds|min|minutes))\b",
+                        re.IGNORECASE)
+
+
+def _user_facing_texts() -> dict[str, str]:
+    root = Path(__file__).resolve().parent.parent
+    texts = {str(p.relative_to(root)): p.read_text(encoding="utf-8")
+             for p in [root / "app.py", root / "notebooks" / "README.md", *sorted((root / "app_pages").glob("*.py"))]}
+    for nb in sorted((root / "notebooks").glob("*.ipynb")):
+        texts[str(nb.relative_to(root))] = "\n".join("".join(c["source"]) for c in json.loads(
+            nb.read_text(encoding="utf-8"))["cells"])
+    return texts
+
+
+def test_no_page_or_notebook_promises_a_fixed_time_per_run():
+    texts = _user_facing_texts()
+    assert len(texts) >= 9
+    claims = {name: [m.group(0) for m in FIXED_TIME.finditer(text)] for name, text in texts.items()}
+    assert not {name: found for name, found in claims.items() if found}
+    # what the check catches: the captions this project used to show
+    assert FIXED_TIME.search("Defaults train in about 35 s on a laptop CPU") and FIXED_TIME.search("about a minute a run")
+
+
+def test_the_readme_says_what_reproduces_on_which_machine():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table_end = readme.index("| full fine-tuning |")
+    note = readme[table_end:table_end + 2500]
+    assert "What reproduces where" in note and "AVX2" in note and "AVX-512" in note
+    assert re.search(r"move by up to about a point", note)  # how far numbers move between machine types
