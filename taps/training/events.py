@@ -1,10 +1,13 @@
 """What a training run tells the world: one event when it starts, one per step, one per epoch,
 and its result at the end. The CLI, the workbench and the tests listen to the same events
-(callbacks with ``on_start``, ``on_step``, ``on_epoch``); the training loop never knows who listens.
+(callbacks with ``on_start``, ``on_step``, ``on_epoch``, and ``on_checkpoint`` with the path of
+each checkpoint once it is written, for a listener that copies it elsewhere); the training loop
+never knows who listens.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 
@@ -77,6 +80,7 @@ class Callback(Protocol):
     def on_start(self, event: StartEvent) -> None: ...
     def on_step(self, event: StepEvent) -> None: ...
     def on_epoch(self, event: EpochEvent) -> None: ...
+    def on_checkpoint(self, path: Path) -> None: ...
 
 
 def emit(callbacks, hook: str, event) -> None:

@@ -156,6 +156,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
         if ckpt_path:
             save_checkpoint(ckpt_path, config=config, epoch=epoch, model=tasks.state(), optimizer=optimizer,
                             scheduler=scheduler, scaler=scaler, history=history, schedule=schedule.state_dict())
+            emit(callbacks, "on_checkpoint", ckpt_path)
 
     tasks.install(tasks.names[0])
     metrics = tasks.final_metrics(history[-1] if history else {}) | schedule.final_metrics(history)
