@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from workbench import figures, ui
-from workbench.live import FigureCache, LiveRun, poll_seconds
+from workbench.live import FIGURE_REFRESH_S, FigureCache, LiveRun, poll_seconds
 from workbench.store import STATUSES, TERMINAL
 from workbench.summaries import (final_scores, layer_report_rows, plural, run_label, run_progress, run_rows,
                                  task_scores)
@@ -109,14 +109,19 @@ def live_run(run_id: str) -> LiveRun:
     live = st.session_state.get("live_run")
     if live is None or live.run_id != run_id:
         live = st.session_state["live_run"] = LiveRun(launcher, run_id)
-        st.session_state["live_figures"] = FigureCache()
+        st.session_state["live_figures"] = FigureCache(refresh_s=0)  # live_figures' own interval paces builds
     return live
 
 
-def live_panel(run_id: str) -> None:
-    run = launcher.get(run_id)
+def _ended_or_started(run: dict) -> None:
     if (run["status"] in ACTIVE) != st.session_state.get("panel_active"):
         st.rerun()  # started or ended: redraw the whole page (table, buttons, refresh on/off)
+
+
+def live_status(run_id: str) -> None:
+    """What a reader follows step by step (progress, metrics), read at the run's pace."""
+    run = launcher.get(run_id)
+    _ended_or_started(run)
     live = live_run(run_id)
     live.poll(run)
     if run["status"] == "running" and live_poll_changed(poll_seconds(live.step_seconds())):
@@ -153,6 +158,14 @@ def live_panel(run_id: str) -> None:
                                f"{layers * len(run.get('tasks') or [0]) or '?'}")
     m4.metric("images / s", f"{last_step['images_per_sec']:.0f}" if last_step.get("images_per_sec") else "–")
 
+
+def live_figures(run_id: str) -> None:
+    """The figures and the log, from what live_status read last. A fragment of their own, redrawn
+    every FIGURE_REFRESH_S at most: sending the three figures again at every poll, unchanged or
+    not, was a third of what a watched run cost the server (py-spy)."""
+    run = launcher.get(run_id)
+    _ended_or_started(run)
+    live = live_run(run_id)
     if run["status"] == "queued":
         st.info("Queued: it starts when the runs before it have finished.")
     elif not live.last_step:
@@ -200,7 +213,10 @@ def live_poll_changed(wanted_s: float) -> bool:
 if run["status"] in ACTIVE:  # read before the panel's first poll: its pace is known from the start
     live_run(run["id"]).poll(run)
     st.session_state["live_poll_s"] = poll_seconds(live_run(run["id"]).step_seconds())
-st.fragment(live_panel, run_every=st.session_state["live_poll_s"] if run["status"] in ACTIVE else None)(run["id"])
+following = run["status"] in ACTIVE
+st.fragment(live_status, run_every=st.session_state["live_poll_s"] if following else None)(run["id"])
+st.fragment(live_figures, run_every=max(st.session_state["live_poll_s"], FIGURE_REFRESH_S) if following else None)(
+    run["id"])
 if run["status"] in TERMINAL:
     report = layer_report_rows(run, final_scores(launcher, run["id"]))
     if report:

@@ -12,7 +12,8 @@ import pytest
 
 from app_testing import app, assert_clean, charts, trace
 from workbench import figures
-from workbench.live import POLL_BEFORE_STEPS_S, POLL_MAX_S, POLL_MIN_S, FigureCache, LiveRun, poll_seconds
+from workbench.live import (FIGURE_REFRESH_S, POLL_BEFORE_STEPS_S, POLL_MAX_S, POLL_MIN_S, FigureCache, LiveRun,
+                            poll_seconds)
 from workbench.store import RunStore
 
 RUNS = "app_pages/runs.py"
@@ -191,6 +192,36 @@ def test_runs_page_polls_a_fast_run_often_and_a_slow_one_seldom(tmp_path, monkey
     write_steps(store, slow, 1, 5, seconds_per_step=40.0)
     at = app(tmp_path, monkeypatch, RUNS, query={"run": slow})
     assert at.session_state["live_poll_s"] == POLL_MAX_S
+
+
+def test_figures_are_sent_every_few_seconds_while_the_progress_follows_every_poll(tmp_path, monkeypatch):
+    """The figures are a fragment of their own: sending all three again at every poll, changed or
+    not, was a third of the server's CPU while a fast run was watched (benchmarks/live_view_cpu.py)."""
+    import streamlit as st
+
+    paces: dict = {}
+    real_fragment = st.fragment
+
+    def recorded(func, *, run_every=None):
+        paces[func.__name__] = run_every
+        return real_fragment(func, run_every=run_every)
+
+    monkeypatch.setattr(st, "fragment", recorded)
+    store = RunStore(tmp_path)
+    fast = running_run(store, total_steps=100)
+    write_steps(store, fast, 1, 20, seconds_per_step=0.2)
+    at = app(tmp_path, monkeypatch, RUNS, query={"run": fast})
+    assert (paces["live_status"], paces["live_figures"]) == (POLL_MIN_S, FIGURE_REFRESH_S)
+    assert "step 20 / 100" in at.get("progress")[0].proto.text
+    assert list(trace(charts(at)[0], "task loss")["x"]) == list(range(1, 21))  # the figures are still drawn
+    store.finish(fast, "done")
+    slow = running_run(store, total_steps=100)
+    write_steps(store, slow, 1, 5, seconds_per_step=40.0)
+    app(tmp_path, monkeypatch, RUNS, query={"run": slow})
+    assert paces["live_status"] == paces["live_figures"] == POLL_MAX_S  # never more often than the polls
+    store.finish(slow, "done")
+    app(tmp_path, monkeypatch, RUNS, query={"run": slow})
+    assert paces == {"runs_table": None, "live_status": None, "live_figures": None}  # nothing left to follow
 
 
 def test_tables_show_a_dash_for_missing_values_and_keep_numbers_sortable(tmp_path, monkeypatch):

@@ -483,6 +483,47 @@ def test_threads_share_a_store_and_missing_runs_are_clear(store):
         store.heartbeat("r-missing")
 
 
+def test_a_thread_that_ended_leaves_its_connection_to_the_next(store):
+    """Streamlit runs each script run (each poll of a watched run) in a new thread: the store must
+    not open a connection, and keep its files open, for every one of them."""
+    import threading
+
+    import psutil
+
+    rid = store.create_run(config())
+    me = psutil.Process()
+    used = []
+
+    def poll():
+        used.append(store.connection())
+        assert store.get_run(rid)["id"] == rid
+
+    def in_a_thread(target):
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+
+    in_a_thread(poll)
+    files = me.num_fds()
+    for _ in range(30):
+        in_a_thread(poll)
+    assert me.num_fds() == files  # 2 more a thread before
+    assert len({id(c) for c in used}) == 1 and used[0] is not store.connection()  # not the live main thread's
+    # Threads alive at the same time still have a connection each.
+    together, barrier = [], threading.Barrier(3)
+
+    def hold():
+        together.append(store.connection())
+        barrier.wait()
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(c) for c in together}) == 3
+
+
 def test_a_version_1_store_is_migrated_and_keeps_its_runs(tmp_path):
     from workbench.store import MIGRATIONS
 

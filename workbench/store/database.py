@@ -46,7 +46,7 @@ class Database:
         self.busy_timeout_s = float(busy_timeout_s)
         self.transactions = 0  # committed write transactions through this object (for tests/benchmarks)
         self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: list[list] = []  # [connection, the thread using it, process id]
         self._conns_lock = threading.Lock()
         self._prepare_root()
         self.connection()  # open now: a bad root or database fails here, not on first use
@@ -105,14 +105,27 @@ class Database:
         return StoreError(f"run store {db}: {doing} failed: {msg}")
 
     def connection(self) -> sqlite3.Connection:
-        """This thread's connection (opened on first use; a forked child opens its own)."""
+        """This thread's connection: on first use, the one a thread that has ended left, else a
+        new one; a forked child opens its own. Streamlit runs every script run in a new thread:
+        a new connection each time kept two more files open per poll of a watched run (175 after
+        70 s) and cost the pragmas and schema check again."""
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             return conn
-        conn = self._open()
-        self._local.conn, self._local.pid = conn, os.getpid()
+        me, pid = threading.current_thread(), os.getpid()
         with self._conns_lock:
-            self._conns.append(conn)
+            entry = next((e for e in self._conns if e[2] == pid and not e[1].is_alive()), None)
+            if entry is not None:
+                entry[1] = me
+        if entry is not None:
+            conn = entry[0]
+            if conn.in_transaction:  # cannot happen through _tx; never carry one over
+                conn.rollback()
+        else:
+            conn = self._open()
+            with self._conns_lock:
+                self._conns.append([conn, me, pid])
+        self._local.conn, self._local.pid = conn, pid
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -188,7 +201,7 @@ class Database:
     def close(self) -> None:
         """Close every connection this object opened (in any thread)."""
         with self._conns_lock:
-            conns, self._conns = self._conns, []
+            conns, self._conns = [e[0] for e in self._conns], []
         for conn in conns:
             try:
                 conn.close()
