@@ -46,6 +46,15 @@ def _no_exceptions(page: Page, errors: list[str]) -> None:
     assert not errors, errors
 
 
+def _runs_table_columns() -> dict:
+    """The Runs page's TABLE_COLUMNS, read from its source (importing a page would run it)."""
+    import ast
+
+    tree = ast.parse((ROOT / "app_pages" / "runs.py").read_text(encoding="utf-8"))
+    node = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TABLE_COLUMNS")
+    return ast.literal_eval(node.value)
+
+
 def _shot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -134,6 +143,9 @@ def test_launch_sweep_watch_live_then_frontier_in_chromium(server):
             _settle(page)
             _no_exceptions(page, errors)
             _shot(page, "3-runs-done")
+            # Every column of the runs table fits a 1400 px window beside the sidebar ("% params" was cut off).
+            table = page.locator("[data-testid=stDataFrame]").first.bounding_box()
+            assert table["width"] >= sum(width for _, width, _, _ in _runs_table_columns().values()), table
 
             while time.monotonic() < deadline and any(store.get_run(i)["status"] != "done" for i in runs):
                 page.wait_for_timeout(1000)
