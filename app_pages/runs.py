@@ -119,10 +119,9 @@ def _ended_or_started(run: dict) -> None:
 
 
 def live_status(run_id: str) -> None:
-    """What a reader follows step by step (progress, metrics), read at the run's pace. From the
-    store, not the launcher: the table's refresh reaps runs whose worker died (launcher.list_runs,
-    every TABLE_REFRESH_S), and reaping at every poll too was a tenth of the watched server's CPU."""
-    run = store.get_run(run_id)
+    """What a reader follows step by step (progress, metrics), read at the run's pace, without
+    reaping: the table's refresh reaps runs whose worker died (every TABLE_REFRESH_S)."""
+    run = launcher.get(run_id, reap=False)
     _ended_or_started(run)
     live = live_run(run_id)
     live.poll(run)
@@ -164,7 +163,7 @@ def live_figures(run_id: str) -> None:
     """The figures and the log, from what live_status read last. A fragment of their own, redrawn
     every FIGURE_REFRESH_S at most: sending the three figures again at every poll, unchanged or
     not, was a third of what a watched run cost the server (py-spy)."""
-    run = store.get_run(run_id)
+    run = launcher.get(run_id, reap=False)
     _ended_or_started(run)
     live = live_run(run_id)
     if run["status"] == "queued":
