@@ -249,4 +249,4 @@ def test_no_shipped_code_evals_unpickles_or_shells_out():
     # the safe forms are what the code uses
     for loader in ("weights.py", "checkpoints.py"):  # packaged weights, checkpoint files
         assert "weights_only=True" in (ROOT / "taps" / "backbones" / loader).read_text()
-    assert "safe_open" in (ROOT / "taps" / "packs.py").read_text()
+    assert "safe_open" in (ROOT / "taps" / "method" / "packs.py").read_text()
