@@ -144,12 +144,12 @@ def open_page(browser, url: str) -> tuple:
     return page, traffic, errors
 
 
-def settled(page, errors: list[str], ready: str, shot: Path) -> None:
+def settled(page, errors: list[str], ready: str, shot: Path, rest_s: float = SETTLE_S) -> None:
     """The page drew what it should (``ready``, a selector), raised nothing, and rests a moment;
     else a screenshot of it goes to ``shot`` and the benchmark stops."""
     try:
         page.wait_for_selector(ready, state="attached", timeout=180_000)
-        page.wait_for_timeout(1000 * SETTLE_S)
+        page.wait_for_timeout(1000 * rest_s)
         page.wait_for_selector(IDLE, timeout=180_000)
         failed = errors or [e.inner_text() for e in page.locator("[data-testid=stException]").all()]
     except Exception as exc:  # noqa: BLE001 - a timeout: say what the page showed
@@ -191,8 +191,9 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=float, default=45.0, help="seconds per situation per round")
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args(argv)
-    if args.quick:
-        args.window, args.rounds = 6.0, 1
+    rest_s, warm_steps = SETTLE_S, WARM_STEPS
+    if args.quick:  # a smoke run: what it measures matters less than its seconds
+        args.window, args.rounds, rest_s, warm_steps = 6.0, 1, 1.0, 5
 
     from playwright.sync_api import sync_playwright
 
@@ -218,9 +219,9 @@ def main(argv=None) -> int:
                 for name, (address, ready) in pages.items():
                     progress(f"warm-up: {name}")
                     page, _, errors = open_page(browser, url + address)
-                    settled(page, errors, ready, shot)
+                    settled(page, errors, ready, shot, rest_s)
                     page.close()
-                wait_for_steps(launcher, run_id, WARM_STEPS)
+                wait_for_steps(launcher, run_id, warm_steps)
                 for round_ in range(args.rounds):
                     for name in SITUATIONS:
                         progress(f"round {round_ + 1}: {name}")
@@ -229,7 +230,7 @@ def main(argv=None) -> int:
                             continue
                         address, ready = pages[name]
                         page, traffic, errors = open_page(browser, url + address)
-                        settled(page, errors, ready, shot)
+                        settled(page, errors, ready, shot, rest_s)
                         runs[name].append(measure(server, args.window, launcher.store, run_id, traffic,
                                                   wait=lambda s: page.wait_for_timeout(1000 * s)))
                         page.close()
