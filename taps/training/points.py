@@ -56,8 +56,3 @@ class FrontierPoint:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"kind": self.kind.value}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FrontierPoint":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**(known | {"kind": PointKind(known["kind"])}))
