@@ -98,6 +98,7 @@ def test_lambda_path_on_ray_leaves_every_stage_pack_in_the_store(tmp_path, local
     assert {a["path"] for a in store.artifacts(run_id, "checkpoint")} == {str(folder / CHECKPOINT)}
     path = store.get_run(run_id)["metrics"]["path"]
     assert [p["snapshot"] for p in path] == [str(p) for p in stages]  # the stored packs, not the node's
+    assert [p["pack"] for p in store.frontier() if p["run_id"] == run_id] == [str(p) for p in stages]  # its points too
     for point, stage in zip(path, stages):
         assert taps.read_pack(stage).metadata["lam"] == point["lam"]
         # the shipped snapshot is the model that scored what the run recorded

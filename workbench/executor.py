@@ -148,9 +148,11 @@ def execute(store, run_id: str, files: RunFiles, should_stop: Callable[[], bool]
             say(f"worker: resuming from {files.work_dir / CHECKPOINT}")
         result = train(config, callbacks, resume=resume, should_stop=should_stop)  # refuses unsafe checkpoints
         recorder.close()
-        for point in result.metrics.get("path") or []:  # a λ path names its stage packs: name the stored ones
-            if point.get("snapshot"):
-                point["snapshot"] = files.ship(point["snapshot"])
+        # A λ path names its stage packs (in its path and in its frontier points): name the stored ones.
+        for point, key in [(p, "snapshot") for p in result.metrics.get("path") or []] + \
+                [(p, "pack") for p in result.metrics.get("points") or []]:
+            if point.get(key):
+                point[key] = files.ship(point[key])
         for pack in ([result.pack_path] if result.pack_path else []) + list(result.task_packs.values()) + \
                 list(result.stage_packs):
             store.add_artifact(run_id, "pack", files.ship(pack))
