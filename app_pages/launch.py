@@ -8,8 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from taps.training.schedule import total_epochs
-from workbench import paths, ui
+from workbench import catalogue, paths, ui
 from workbench.summaries import (comparable_run, estimate_run, format_duration, measured_run_timing, planned_steps,
                                  run_to_follow, sweep_seconds)
 
@@ -27,32 +26,8 @@ OTHER_BACKBONE = "other…"
 FOLDER_DATASET = "a folder of images…"
 
 
-@st.cache_data(ttl=60, show_spinner="Looking for backbones and their weights…")
-def backbones() -> list[dict]:
-    from taps.backbones import list_backbones
-
-    return [asdict(b) for b in list_backbones()]
-
-
-@st.cache_data(ttl=30, show_spinner=False)
-def datasets() -> list[dict]:
-    from taps.data import list_datasets
-
-    return [asdict(d) for d in list_datasets()]
-
-
-@st.cache_data(show_spinner=False)
-def train_defaults() -> dict:
-    from taps.training.trainer import TrainConfig
-
-    return TrainConfig().to_dict()
-
-
-@st.cache_data(show_spinner=False)
-def norm_stats_choices() -> tuple[str, ...]:
-    from taps.training.trainer import NORM_STATS
-
-    return NORM_STATS
+backbones = st.cache_data(ttl=60, show_spinner="Looking for backbones and their weights…")(catalogue.backbones)
+datasets = st.cache_data(ttl=30, show_spinner=False)(catalogue.datasets)
 
 
 # Where each number field's message goes. The boxes have no min/max of their own: Streamlit clamps an
@@ -69,15 +44,11 @@ def number_field(where, label: str, field: str, value, **kwargs):
 
 
 def config_problem(config: dict) -> str | None:
-    """TrainConfig.validate's message for ``config``, shown under its field; None when it is valid."""
-    from taps.errors import ConfigError
-    from taps.training.trainer import TrainConfig
-
-    try:
-        TrainConfig.from_dict(config).validate()
-    except ConfigError as exc:
-        field_notes.get(exc.field, st).error(str(exc))
-        return str(exc)
+    """What validation says of ``config``, shown under its field; None when it is valid."""
+    problem = catalogue.settings_problem(config)
+    if problem is not None:
+        field_notes.get(problem.field, st).error(str(problem))
+        return str(problem)
     return None
 
 
@@ -135,7 +106,7 @@ def run_time_text(config: dict, n_runs: int, slots: int, errors: list[str]) -> s
     past = next((r for r in launcher.list_runs(status="done", limit=200) if comparable_run(r, config, host)),
                 None)
     past_timing = past_run_timing(past["id"], past["finished_at"]) if past else None
-    epochs = total_epochs(config["epochs"], config.get("lam_path"), config.get("path_stage_epochs", 1))
+    epochs = catalogue.planned_epochs(config)
     train_images = config["train_subset"]
     if not train_images:
         return "How long a run takes is shown when the number of training images is set (0 trains on all of them)."
@@ -156,7 +127,7 @@ def run_time_text(config: dict, n_runs: int, slots: int, errors: list[str]) -> s
 
 
 launcher = ui.launcher()
-defaults = train_defaults()
+defaults = catalogue.default_settings()
 st.title("Launch a run")
 st.caption("TAPS fine-tunes a pretrained backbone for a new task while learning *which* layers need a "
            "task-specific change; λ is the price of each such layer. The default task, 50 handwriting-style "
@@ -292,8 +263,9 @@ with right:
         eval_subset = number_field(a2, "Evaluation images (0: all)", "eval_subset", int(defaults["eval_subset"] or 0),
                                    step=500)
         seed = number_field(a1, "Seed", "seed", int(defaults["seed"]))
-        norm_stats = a2.radio("BatchNorm statistics", norm_stats_choices(), horizontal=True,
-                              index=norm_stats_choices().index(defaults["norm_stats"]),
+        norm_choices = catalogue.setting_choices("norm_stats")
+        norm_stats = a2.radio("BatchNorm statistics", norm_choices, horizontal=True,
+                              index=norm_choices.index(defaults["norm_stats"]),
                               help="auto: frozen for pretrained weights, adapt for random ones; "
                                    "frozen: keep the pretrained running statistics (steadier on short runs); "
                                    "adapt: follow the task's batches, as in the paper.")

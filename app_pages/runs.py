@@ -8,7 +8,7 @@ from workbench import figures, ui
 from workbench.live import FIGURE_REFRESH_S, FigureCache, LiveRun, poll_seconds
 from workbench.store import STATUSES, TERMINAL
 from workbench.summaries import (final_scores, layer_report_rows, plural, run_label, run_progress, run_rows,
-                                 task_scores)
+                                 run_settings, task_scores)
 
 ACTIVE = ("queued", "running")
 TABLE_REFRESH_S = 10.0  # the table's progress column: a glance, not a live view
@@ -199,7 +199,7 @@ def heatmap_figures(run: dict, steps: list[int], matrix: list[list[float]], mode
     """One active-layer heatmap per task (one for any run but a joint one)."""
     per_task = list(zip(*(task_scores(run, row) for row in matrix)))  # per task: (task, scores) per step
     return [figures.heatmap_figure(
-        steps, [b[1] for b in blocks], run["layer_names"], threshold=float(run["config"].get("threshold", 0.1)),
+        steps, [b[1] for b in blocks], run["layer_names"], threshold=run_settings(run).taps.threshold,
         mode=mode, title="Active layers (layers × training steps)" + (f": {blocks[0][0]}" if blocks[0][0] else ""))
         for blocks in per_task]
 

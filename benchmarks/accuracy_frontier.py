@@ -29,7 +29,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -54,7 +53,7 @@ def train_lora(config, rank: int, lr: float) -> dict:
     from taps.training.methods import set_train_mode
 
     _, device = prepare_run(config)
-    data = load_task_data(config, config.dataset)
+    data = load_task_data(config, config.data.dataset)
     model = create_backbone(config.backbone, len(data.classes), config.weights)
     head = find_head(model)
     base = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(head + "."))
@@ -71,13 +70,13 @@ def train_lora(config, rank: int, lr: float) -> dict:
             p.requires_grad_(True)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     optimizer = torch.optim.SGD([{"params": [p for p in model.parameters() if p.requires_grad], "name": "weights"}],
-                                lr=lr, momentum=config.momentum)
-    steps_per_epoch = len(data.train) // config.batch_size
-    scheduler = build_scheduler(optimizer, steps_per_epoch * config.epochs, config.gate_freeze)
+                                lr=lr, momentum=config.optim.momentum)
+    steps_per_epoch = len(data.train) // config.optim.batch_size
+    scheduler = build_scheduler(optimizer, steps_per_epoch * config.optim.epochs, config.sparsity.gate_freeze)
     t0 = time.perf_counter()
-    for epoch in range(config.epochs):
+    for epoch in range(config.optim.epochs):
         seed_everything(config.seed * 1000 + epoch)
-        loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, drop_last=True,
+        loader = DataLoader(data.train, batch_size=config.optim.batch_size, shuffle=True, drop_last=True,
                             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         set_train_mode(model, freeze_norm_stats=config.freezes_norm_stats)
         for images, labels in loader:
@@ -98,7 +97,7 @@ def train_method(config) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        result = train(replace(config, out_dir=tmp))
+        result = train(config.updated(out_dir=tmp))
         seconds = time.perf_counter() - t0
         pack_bytes = Path(result.pack_path).stat().st_size
     m = result.metrics
@@ -162,13 +161,13 @@ def main(argv=None) -> int:
 
     from taps.training.trainer import TrainConfig
 
-    base = TrainConfig(**({"dataset": args.dataset} if args.dataset else {}))
+    base = TrainConfig.from_flat(**({"dataset": args.dataset} if args.dataset else {}))
     if args.quick:
-        base = replace(base, resolution=32, train_subset=64, eval_subset=64, batch_size=16, epochs=1)
+        base = base.updated(resolution=32, train_subset=64, eval_subset=64, batch_size=16, epochs=1)
         args.seeds, args.lams, args.ranks = [0], [1.0], [4]
     runs, lora_lr = [], {}
     for seed in args.seeds:
-        config = replace(base, seed=seed)
+        config = base.updated(seed=seed)
 
         def record(method, setting, result):
             runs.append({"method": method, "setting": setting, "seed": seed, **result})
@@ -176,17 +175,17 @@ def main(argv=None) -> int:
                   f"+{result['additional_params_pct']:.1f}% params  {result['seconds']:.0f} s", flush=True)
 
         for method in args.baselines:
-            record(method, "", train_method(replace(config, method=method)))
+            record(method, "", train_method(config.updated(method=method)))
         for lam in args.lams:
-            record("taps", f"λ={lam:g}", train_method(replace(config, method="taps", lam=lam)))
+            record("taps", f"λ={lam:g}", train_method(config.updated(method="taps", lam=lam)))
         if args.budget_pct:
-            result = train_method(replace(config, method="taps", budget_pct=args.budget_pct))
+            result = train_method(config.updated(method="taps", budget_pct=args.budget_pct))
             record("taps_budget", f"≤{args.budget_pct:g}%", result)
             record("manual_freeze", f"{result['active_layers']} layers",
-                   train_method(replace(config, method="manual_freeze", freeze_layers=result["active_layers"])))
+                   train_method(config.updated(method="manual_freeze", freeze_layers=result["active_layers"])))
         for rank in args.ranks:
             if not lora_lr:  # chosen on the first seed's validation split, with the first rank
-                tries = {lr: train_lora(config, rank, lr) for lr in (base.lr, 10 * base.lr)}
+                tries = {lr: train_lora(config, rank, lr) for lr in (base.optim.lr, 10 * base.optim.lr)}
                 lora_lr["lr"] = max(tries, key=lambda lr: tries[lr]["val_acc"])
                 lora_lr["val_acc"] = {str(lr): t["val_acc"] for lr, t in tries.items()}
                 result = tries[lora_lr["lr"]]
@@ -195,8 +194,8 @@ def main(argv=None) -> int:
             record("lora", f"r={rank}", result)
 
     rows = summarize_rows(runs)
-    title = (f"{base.backbone} on {base.dataset}: {base.train_subset} images, {base.resolution} px, "
-             f"{base.epochs} epochs, {len(args.seeds)} seed(s)")
+    title = (f"{base.backbone} on {base.data.dataset}: {base.data.train_subset} images, {base.data.resolution} px, "
+             f"{base.optim.epochs} epochs, {len(args.seeds)} seed(s)")
     print(f"\n{title}")
     print_table([("label", "method", "<"), ("test_acc", "test acc", ">.3f"), ("test_acc_sd", "± sd", ">.3f"),
                  ("additional_params_pct", "% add. params", ">.1f"), ("task_specific_layers_pct", "% layers", ">.0f"),

@@ -19,7 +19,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -36,7 +35,7 @@ def timed_train(config) -> tuple[object, float, int]:
     rec = Recorder()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        result = train(replace(config, out_dir=tmp), [rec])
+        result = train(config.updated(out_dir=tmp), [rec])
         return result, time.perf_counter() - t0, rec.start.total_steps
 
 
@@ -73,13 +72,13 @@ def one_seed(base, args) -> dict:
     """The sweep, the path and the budget runs for one seed (``base.seed``)."""
     sweep = []
     for lam in args.path:
-        result, seconds, steps = timed_train(replace(base, lam=lam))
+        result, seconds, steps = timed_train(base.updated(lam=lam))
         sweep.append({"seed": base.seed, "lam": lam, "seconds": seconds, "steps": steps,
                       **{k: result.metrics[k] for k in POINT_KEYS}})
         print(f"seed {base.seed} λ={lam:g}: test {result.metrics['test_acc']:.3f}, "
               f"{result.metrics['active_layers']} layers, {seconds:.0f} s", flush=True)
 
-    result, path_s, path_steps = timed_train(replace(base, lam_path=args.path, path_stage_epochs=args.stage_epochs))
+    result, path_s, path_steps = timed_train(base.updated(lam_path=args.path, path_stage_epochs=args.stage_epochs))
     path = [{"seed": base.seed, **{k: pt[k] for k in ("lam", *POINT_KEYS)}} for pt in result.metrics["path"]]
     for pt in path:
         twin = next(r for r in sweep if r["lam"] == pt["lam"])
@@ -91,7 +90,7 @@ def one_seed(base, args) -> dict:
 
     budget = []
     for target in args.budgets:
-        result, seconds, _ = timed_train(replace(base, budget_pct=target, budget_kind="layers"))
+        result, seconds, _ = timed_train(base.updated(budget_pct=target, budget_kind="layers"))
         m = result.metrics
         near = min(sweep, key=lambda r: abs(r["task_specific_layers_pct"] - m["task_specific_layers_pct"]))
         at_size = sweep_accuracy_at(sweep, m["task_specific_layers_pct"])
@@ -138,18 +137,18 @@ def main(argv=None) -> int:
 
     base = TrainConfig()
     if args.quick:
-        base = replace(base, resolution=32, train_subset=64, eval_subset=64, batch_size=16, epochs=1)
+        base = base.updated(resolution=32, train_subset=64, eval_subset=64, batch_size=16, epochs=1)
         args.budgets, args.path, args.seeds = [25.0], [0.3, 1.0], [0]
 
-    runs = [one_seed(replace(base, seed=seed), args) for seed in args.seeds]
+    runs = [one_seed(base.updated(seed=seed), args) for seed in args.seeds]
     sweep_all, path_all, budget_all = ([row for r in runs for row in r[part]] for part in ("sweep", "path", "budget"))
     sweep, path, budget = mean_rows(sweep_all, "lam"), mean_rows(path_all, "lam"), mean_rows(budget_all, "budget_pct")
     compute = {k: statistics.fmean(r["compute"][k] for r in runs) for k in runs[0]["compute"]}
     compute.update(path_vs_single_run=compute["path_steps"] / compute["single_run_steps"],
                    path_vs_sweep=compute["path_steps"] / compute["sweep_steps"])
 
-    title = (f"{base.backbone} on {base.dataset}: {base.train_subset} images, {base.resolution} px, "
-             f"{base.epochs} epochs (+{args.stage_epochs} per later path stage), "
+    title = (f"{base.backbone} on {base.data.dataset}: {base.data.train_subset} images, {base.data.resolution} px, "
+             f"{base.optim.epochs} epochs (+{args.stage_epochs} per later path stage), "
              f"mean of seeds {', '.join(map(str, args.seeds))}")
     print(f"\n{title}\n\nBudget mode (target: % task-specific layers)")
     print_table([("budget_pct", "budget %", ">g"), ("task_specific_layers_pct", "ended %", ">.1f"),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -32,29 +31,29 @@ def main(argv=None) -> int:
     from taps.method.multitask import MultiTaskModel
     from taps.training.trainer import TrainConfig, train
 
-    base = TrainConfig(lam=args.lam)
+    base = TrainConfig.from_flat(lam=args.lam)
     if args.quick:
-        base = replace(base, resolution=32, train_subset=64, eval_subset=64, batch_size=16, epochs=1)
+        base = base.updated(resolution=32, train_subset=64, eval_subset=64, batch_size=16, epochs=1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        incremental = {t: train(replace(base, dataset=t, out_dir=f"{tmp}/{t}")) for t in TASKS}
+        incremental = {t: train(base.updated(dataset=t, out_dir=f"{tmp}/{t}")) for t in TASKS}
         inc_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        joint = train(replace(base, tasks=TASKS, out_dir=f"{tmp}/joint"))
+        joint = train(base.updated(tasks=TASKS, out_dir=f"{tmp}/joint"))
         joint_s = time.perf_counter() - t0
         for kind, packs, seconds in (("incremental", {t: r.pack_path for t, r in incremental.items()}, inc_s),
                                      ("joint", joint.task_packs, joint_s)):
             mt = MultiTaskModel.from_packs(packs)
             report = mt.report()
             for t in TASKS:
-                acc = evaluate_on(mt.task_model(t), mt.task_metadata(t), eval_subset=base.eval_subset)["accuracy"]
+                acc = evaluate_on(mt.task_model(t), mt.task_metadata(t), eval_subset=base.data.eval_subset)["accuracy"]
                 s = report.tasks[t]
                 rows.append({"setting": kind, "task": t, "test_acc": acc, "active_layers": s.active_layers,
                              "task_specific_layers_pct": s.task_specific_layers_pct,
                              "additional_params_pct": s.additional_params_pct,
                              "multiplier": report.parameter_multiplier, "train_seconds": seconds})
-    print(f"λ={args.lam}, {base.resolution} px, {base.train_subset} images per task, {base.epochs} epochs")
+    print(f"λ={args.lam}, {base.data.resolution} px, {base.data.train_subset} images per task, {base.optim.epochs} epochs")
     print_table([("setting", "setting", "<"), ("task", "task", "<"), ("test_acc", "test acc", ">.3f"),
                  ("active_layers", "layers", ">d"), ("additional_params_pct", "% add. params", ">.1f"),
                  ("multiplier", "multiplier", ">.2f"), ("train_seconds", "train s", ">.0f")], rows)

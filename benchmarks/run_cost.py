@@ -51,7 +51,7 @@ class StepClock:
 def run_once(config) -> dict:
     from taps.training.trainer import train
 
-    clock = StepClock(config.gate_freeze if config.method == "taps" else None)
+    clock = StepClock(config.sparsity.gate_freeze if config.method == "taps" else None)
     t0 = time.perf_counter()
     result = train(config, [clock])
     return {"seconds": time.perf_counter() - t0, "learning_ms": 1000 * statistics.median(clock.learning),
@@ -72,13 +72,13 @@ def main(argv=None) -> int:
     if args.quick:
         from tests.helpers import FAST_RUN
 
-        base, args.repeats = TrainConfig(**FAST_RUN), 1
+        base, args.repeats = TrainConfig.from_flat(**FAST_RUN), 1
     methods = {"fine-tune": dict(method="finetune"),
                **{f"TAPS λ = {lam:g}": dict(method="taps", lam=lam) for lam in args.lams}}
     runs = {name: [] for name in methods}
     for _ in range(args.repeats):  # alternating: every method sees the same machine
         for name, change in methods.items():
-            runs[name].append(run_once(TrainConfig(**{**base.to_dict(), **change})))
+            runs[name].append(run_once(base.updated(**change)))
     reference = statistics.median(r["seconds"] for r in runs["fine-tune"])
     reference_step = statistics.median(r["learning_ms"] for r in runs["fine-tune"])
     rows = []
@@ -91,8 +91,9 @@ def main(argv=None) -> int:
                      "frozen_ratio": statistics.median(frozen) / reference_step if frozen else None,
                      "active_layers": done[-1]["active_layers"], "test_acc": statistics.mean(r["test_acc"] for r in done),
                      "per_run": done})
-    print(f"{base.backbone}, {base.dataset}, {base.resolution} px, {base.train_subset} images, {base.epochs} epochs, "
-          f"batch {base.batch_size}; median of {args.repeats} alternating runs")
+    data = base.data
+    print(f"{base.backbone}, {data.dataset}, {data.resolution} px, {data.train_subset} images, {base.optim.epochs} epochs, "
+          f"batch {base.optim.batch_size}; median of {args.repeats} alternating runs")
     print_table([("method", "method", "<"), ("learning_ms", "step ms, gates learn", ">.1f"),
                  ("frozen_ms", "step ms, gates frozen", ">.1f"), ("frozen_ratio", "frozen ÷ fine-tune step", ">.3f"),
                  ("active_layers", "active layers", ">d"), ("seconds", "run s", ">.1f"),

@@ -86,7 +86,7 @@ def build_step(kind: str, backbone: str, resolution: int, batch: int, device):
         taps.adapt(model, taps.TAPSConfig(recompute_weights=kind == "taps_recompute"))
         if kind in ("taps_half_off", "taps_frozen_half_off"):
             scramble(model, off_every=2)
-        optimizer = build_optimizer(model, TrainConfig(lr=1e-3))
+        optimizer = build_optimizer(model, TrainConfig.from_flat(lr=1e-3))
         penalty = taps.SparsityPenalty(model.to(device))
         layers = [m for _, m in taps.gated_layers(model)]
         set_gates_learning([m.score for m in layers], kind != "taps_frozen_half_off")

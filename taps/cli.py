@@ -10,7 +10,8 @@ from tqdm import tqdm
 
 from .errors import TAPSError, exit_code_of
 from .method.packs import PackError
-from .training.trainer import EpochEvent, StartEvent, StepEvent, TrainConfig, train
+from .training.train_config import GROUP_TITLES, GROUPS, SETTINGS, TrainConfig
+from .training.trainer import EpochEvent, StartEvent, StepEvent, train
 
 
 TRAIN_EXAMPLES = """examples:
@@ -29,27 +30,36 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (``lam`` → ``--lam``), typed from the dataclass, described
-    by the field's own documentation (``metadata["help"]``) and limited to its choices."""
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
+    """One flag per setting, by its flat name (``lam`` → ``--lam``), listed by settings group,
+    typed from the dataclass, described by the field's own documentation (``metadata["help"]``)
+    and limited to its choices."""
+    hints = {None: typing.get_type_hints(TrainConfig)} | {g: typing.get_type_hints(k) for g, k in GROUPS.items()}
+    sections = {group: parser.add_argument_group(f"settings: {title}") for group, title in GROUP_TITLES.items()}
+    for name, (group, f) in SETTINGS.items():
         flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
+        kind = hints[group][f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
         choices = f.metadata.get("choices")
-        # Optional[X] → X; but list[str] is itself the type (its args are the item type).
-        base = [kind] if typing.get_origin(kind) is list else \
+        # Optional[X] → X; but list[str] is itself the type (its args are the item type); a Literal is text.
+        base = [kind] if typing.get_origin(kind) in (list, typing.Literal) else \
             [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+        section = sections[group]
         if base[0] is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+            section.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif typing.get_origin(base[0]) is list:
             item = typing.get_args(base[0])[0]
             metavar = {"tasks": "DATASET", "lam_path": "LAM"}.get(f.name, "PATTERN")
-            parser.add_argument(flag, nargs="*", type=item, default=default, metavar=metavar, help=text)
+            section.add_argument(flag, nargs="*", type=item, default=default, metavar=metavar, help=text)
         else:
-            parser.add_argument(flag, type=base[0], default=default, choices=choices, help=text,
-                                metavar=None if choices else f.name.upper())
+            kind = str if typing.get_origin(base[0]) is typing.Literal else base[0]
+            section.add_argument(flag, type=kind, default=default, choices=choices, help=text,
+                                 metavar=None if choices else f.name.upper())
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig that the flags of ``add_config_arguments`` describe."""
+    return TrainConfig.from_flat({name: getattr(args, name) for name in SETTINGS})
 
 
 class ConsoleProgress:
@@ -64,7 +74,7 @@ class ConsoleProgress:
         print(f"device {e.device} · {len(e.layer_names)} gated layers · {len(e.classes)} classes · "
               f"train/val/test {e.train_size}/{e.val_size}/{e.test_size} · {e.total_steps} steps",
               file=self.stream, flush=True)
-        self.steps_per_epoch = max(1, e.total_steps // (e.total_epochs or e.config.get("epochs") or 1))
+        self.steps_per_epoch = max(1, e.steps_per_epoch)
 
     def on_step(self, e: StepEvent) -> None:
         if self.bar is None:
@@ -121,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     if args.command == "train":
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-        result = train(TrainConfig(**values), [ConsoleProgress()], resume=args.resume)
+        result = train(config_from_args(args), [ConsoleProgress()], resume=args.resume)
         m = result.metrics
         print(_table([("status", result.status), ("epochs", result.epochs_done),
                       *_lam_rows(m), ("val accuracy", m["val_acc"]), ("test accuracy", m["test_acc"]),

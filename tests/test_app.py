@@ -95,7 +95,7 @@ def test_memory_saving_option_reaches_the_run_config(tmp_path, monkeypatch):
     launcher = Launcher(RunStore(tmp_path))
     (run,) = launcher.list_runs()
     try:
-        assert run["config"]["recompute_weights"] is True
+        assert run["config"]["taps"]["recompute_weights"] is True
     finally:
         launcher.cancel(run["id"], grace_s=2)
 
@@ -132,7 +132,7 @@ def test_launch_a_tiny_run_and_watch_it_finish_with_a_heatmap(tmp_path, monkeypa
     assert "Launched 1 run" in at.success[0].value
     store = RunStore(tmp_path)
     (run,) = store.list_runs()
-    assert run["config"]["resolution"] == 32 and run["config"]["lam"] == 0.3
+    assert run["config"]["data"]["resolution"] == 32 and run["config"]["sparsity"]["lam"] == 0.3
 
     run_until(at, _finished, timeout=240)
     run = store.get_run(run["id"])
@@ -325,7 +325,7 @@ def test_joint_run_from_the_form_shows_each_task(tmp_path, monkeypatch):
     assert_clean(at)
     store = RunStore(tmp_path)
     (run,) = store.list_runs()
-    assert run["config"]["tasks"] == ["hanzi", "fashion-mnist"] and run["dataset"] == "hanzi + fashion-mnist"
+    assert run["config"]["data"]["tasks"] == ["hanzi", "fashion-mnist"] and run["dataset"] == "hanzi + fashion-mnist"
     run_until(at, _finished, timeout=300)
     run = store.get_run(run["id"])
     loss, accuracy, *heatmaps = charts(at)

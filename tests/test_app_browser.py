@@ -121,10 +121,10 @@ def test_launch_sweep_watch_live_then_frontier_in_chromium(server):
             store = RunStore(runs_dir)
             (sweep,) = store.sweeps()
             runs = {r["id"]: r for r in store.list_runs(sweep=sweep)}
-            methods = sorted((r["method"], r["config"].get("lam")) for r in runs.values() if r["method"] == "taps")
+            methods = sorted((r["method"], r["config"]["sparsity"]["lam"]) for r in runs.values() if r["method"] == "taps")
             assert methods == [("taps", 0.1), ("taps", 1.0)]
             assert sorted(r["method"] for r in runs.values()) == ["feature_extractor", "finetune", "taps", "taps"]
-            assert (runs[run_id]["method"], runs[run_id]["config"]["lam"]) == ("taps", 0.1)  # the first launched
+            assert (runs[run_id]["method"], runs[run_id]["config"]["sparsity"]["lam"]) == ("taps", 0.1)  # the first launched
             page.get_by_role("heading", name="Runs").wait_for()
             seen, deadline = [], time.monotonic() + patience(300)  # longer on a slower or busy machine
             done = page.locator("h3", has_text="done")

@@ -22,7 +22,7 @@ def _finished_run_with_pack(store: RunStore, off_every: int) -> tuple[str, taps.
     model = taps.adapt(tiny_resnet())
     scramble(model, off_every=off_every)
     stats = taps.summarize(model)
-    run_id = store.create_run(TrainConfig(**TINY, backbone="tv_resnet18").to_dict(), name=f"off every {off_every}")
+    run_id = store.create_run(TrainConfig.from_flat(**TINY, backbone="tv_resnet18").to_dict(), name=f"off every {off_every}")
     path = taps.save_pack(model, store.run_dir(run_id) / "task.safetensors")
     store.mark_running(run_id, os.getpid(), None, device="CPU (2 cores)")
     store.finish(run_id, "done", metrics={**stats.to_dict(), "test_acc": 0.5})
@@ -114,7 +114,7 @@ def test_layer_patterns_show_finished_runs_only_and_select_a_lone_run(tmp_path, 
 
 def test_a_starting_run_shows_no_device_until_its_worker_names_one(tmp_path, monkeypatch):
     store = RunStore(tmp_path)
-    run_id = store.create_run(TrainConfig(**TINY).to_dict())  # device "auto": the worker decides
+    run_id = store.create_run(TrainConfig.from_flat(**TINY).to_dict())  # device "auto": the worker decides
     store.mark_running(run_id, os.getpid(), None)  # started, device not known yet
     at = app(tmp_path, monkeypatch, "app_pages/runs.py")
     assert at.caption[0].value == f"`{run_id}` · taps on hanzi with efficientnet_lite0"

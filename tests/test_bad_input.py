@@ -22,6 +22,7 @@ from taps.data import load_dataset
 from taps.errors import (ConfigError, TrainingError, UnknownBackboneError, UnknownDatasetError,
                          WeightsUnavailableError)
 from taps.training.trainer import CHECKPOINT, TrainConfig, train
+from taps.training.preflight import preflight
 from test_data import _png, _truncated_jpeg
 from taps.method.layers import prime_gates
 from tests.helpers import FAST_RUN, scramble, tiny_resnet
@@ -68,7 +69,7 @@ def _refused_everywhere(store, config: dict, error: type, message: str, sweep: b
     """The library's check, a launch and (unless the sweep sets that field itself) a sweep all
     refuse ``config``; nothing is queued."""
     with pytest.raises(error, match=message):
-        TrainConfig(**config).preflight()
+        preflight(TrainConfig.from_flat(**config))
     launcher = Launcher(store, max_concurrent=1)
     with pytest.raises(error, match=message):
         launcher.launch(config)
@@ -93,7 +94,7 @@ def test_bad_settings_are_refused_naming_the_field_before_anything_is_allocated(
     monkeypatch.setattr(taps.training.tasks, "load_dataset", allocate)
     monkeypatch.setattr(taps.training.tasks, "create_backbone", allocate)
     with pytest.raises(ConfigError, match=message):
-        train(TrainConfig(**config))
+        train(TrainConfig.from_flat(**config))
 
 
 @pytest.mark.parametrize("name, value, error, message", UNKNOWN_NAMES, ids=[n for n, *_ in UNKNOWN_NAMES])
@@ -142,7 +143,7 @@ def test_mixed_modes_and_broken_files_in_one_folder_train_as_rgb(store, tmp_path
     config = dict(FAST_RUN, dataset=str(root), train_subset=None, eval_subset=None, batch_size=4)
     Launcher.validate(config)  # accepted for launching
     with caplog.at_level(logging.WARNING, logger="taps.data"):
-        result = train(TrainConfig(**config))
+        result = train(TrainConfig.from_flat(**config))
     assert result.status == "done" and len(result.history) == 2
     assert all(0.0 <= h["val_acc"] <= 1.0 and math.isfinite(h["train_loss"]) for h in result.history)
     assert sum("broken.jpg" in r.getMessage() for r in caplog.records) == 1
@@ -182,7 +183,7 @@ def test_a_checkpoint_that_would_unpickle_code_is_refused_as_backbone_weights(bo
 
 def test_a_run_checkpoint_that_would_unpickle_code_fails_the_run_and_runs_nothing(store, booby_trapped):
     path, marker = booby_trapped
-    run_id = store.create_run(TrainConfig(**FAST_RUN).to_dict())
+    run_id = store.create_run(TrainConfig.from_flat(**FAST_RUN).to_dict())
     store.run_dir(run_id).joinpath(CHECKPOINT).write_bytes(path.read_bytes())  # the worker resumes from it
     assert worker.run(store, run_id) == 1
     run = store.get_run(run_id)
@@ -288,7 +289,7 @@ def test_backbone_weights_with_nan_are_refused_naming_the_file_and_the_tensor(tm
 
 
 def test_a_run_checkpoint_with_nan_fails_the_resume_naming_the_file_and_the_tensor(tmp_path):
-    config = TrainConfig(**dict(FAST_RUN, epochs=1, out_dir=str(tmp_path / "run")))
+    config = TrainConfig.from_flat(**dict(FAST_RUN, epochs=1, out_dir=str(tmp_path / "run")))
     train(config)
     path = tmp_path / "run" / CHECKPOINT
     ckpt = torch.load(path, weights_only=True)
@@ -376,8 +377,8 @@ def test_a_parameter_budget_below_what_norms_and_head_cost_is_refused_naming_the
                         f"with 10 classes already cost {cost} %")
     _refused_everywhere(store, config, ConfigError, message, sweep=False)
     with pytest.raises(ConfigError, match=message):  # and by train itself, before a step is taken
-        train(TrainConfig(**config))
-    TrainConfig(**dict(config, budget_pct=float(least))).preflight()  # the least is accepted
+        train(TrainConfig.from_flat(**config))
+    preflight(TrainConfig.from_flat(**dict(config, budget_pct=float(least))))  # the least is accepted
 
 
 def test_a_lam_path_that_does_not_increase_is_refused_naming_the_step(store):

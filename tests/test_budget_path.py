@@ -142,7 +142,7 @@ def test_the_cap_only_switches_layers_off():
 @pytest.mark.parametrize("kind", ["layers", "params"])
 def test_budget_run_ends_within_its_budget(tmp_path, kind):
     rec = Recorder()
-    result = train(TrainConfig(**TINY, budget_pct=40.0, budget_kind=kind, out_dir=str(tmp_path)), [rec])
+    result = train(TrainConfig.from_flat(**TINY, budget_pct=40.0, budget_kind=kind, out_dir=str(tmp_path)), [rec])
     key = "task_specific_layers_pct" if kind == "layers" else "additional_params_pct"
     assert result.metrics[key] <= 40.0
     assert result.metrics["budget_pct"] == 40.0 and result.metrics["lam_final"] == rec.epochs[-1].lam
@@ -153,7 +153,7 @@ def test_budget_run_ends_within_its_budget(tmp_path, kind):
     (point,) = result.metrics["points"]  # the run's frontier point, at the λ it used
     assert (point["kind"], point["lam"], point["budget_pct"], point["budget_kind"], point[key]) == (
         "budget", result.metrics["lam_final"], 40.0, kind, result.metrics[key])
-    _the_store_and_tables_show_the_lambda_used(tmp_path, TrainConfig(**TINY, budget_pct=40.0, budget_kind=kind),
+    _the_store_and_tables_show_the_lambda_used(tmp_path, TrainConfig.from_flat(**TINY, budget_pct=40.0, budget_kind=kind),
                                                result.metrics)
 
 
@@ -192,7 +192,7 @@ def test_cli_prints_the_lambda_a_budget_run_found(tmp_path):
 
 def test_lambda_path_snapshots_one_task_pack_per_stage(tmp_path):
     rec = Recorder()
-    config = TrainConfig(**{**TINY, "eval_subset": 60}, lam_path=[0.0, 1.0, 4.0], path_stage_epochs=1,
+    config = TrainConfig.from_flat(**{**TINY, "eval_subset": 60}, lam_path=[0.0, 1.0, 4.0], path_stage_epochs=1,
                          out_dir=str(tmp_path))
     result = train(config, [rec])
     steps_per_epoch = 160 // 16
@@ -226,7 +226,7 @@ def test_lambda_path_snapshots_one_task_pack_per_stage(tmp_path):
 ])
 def test_bad_budget_or_path_is_refused(bad, message):
     with pytest.raises(ConfigError, match=message):
-        TrainConfig(**bad).validate()
+        TrainConfig.from_flat(**bad).validate()
 
 
 def test_store_frontier_gives_a_point_per_stage_and_the_figure_joins_them(tmp_path):
@@ -268,7 +268,7 @@ def test_a_queued_path_counts_every_stage_in_the_run_epochs(tmp_path):
     from workbench.store import RunStore
 
     store = RunStore(tmp_path)
-    path = TrainConfig(epochs=3, lam_path=[0.1, 0.3, 1.0], path_stage_epochs=2)
+    path = TrainConfig.from_flat(epochs=3, lam_path=[0.1, 0.3, 1.0], path_stage_epochs=2)
     assert (path.planned_epochs, path.planned_lam, path.run_kind) == (7, 0.1, "path")
     launcher = Launcher(store)
     launcher.schedule = lambda: []  # queued only: what the store knows before the run starts

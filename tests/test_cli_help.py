@@ -11,7 +11,8 @@ import sys
 import time
 
 from taps.cli import ConsoleProgress
-from taps.training.trainer import EpochEvent, StartEvent, StepEvent, TrainConfig
+from taps.training.train_config import SETTINGS, TrainConfig
+from taps.training.trainer import EpochEvent, StartEvent, StepEvent
 from speed import patience
 
 
@@ -24,7 +25,7 @@ def test_train_help_describes_every_flag_with_its_default_and_choices():
                           timeout=patience(120), env={"COLUMNS": "100", "PATH": ""})
     assert proc.returncode == 0, proc.stderr
     shown = _flat(proc.stdout)
-    for f in dataclasses.fields(TrainConfig):
+    for _, f in SETTINGS.values():
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         assert f"{_flat(f.metadata['help'])} (default: {default})" in shown, flag
@@ -45,7 +46,7 @@ def _train_for_one_epoch(stream) -> None:
     progress.on_start(StartEvent(config=TrainConfig().to_dict(), device="CPU (2 cores)", layer_names=["a", "b"],
                                  layer_kinds=["conv"] * 2, layer_params=[10, 10], classes=["x", "y"],
                                  train_size=80, val_size=8, test_size=8, total_steps=8, start_epoch=0,
-                                 total_epochs=2))
+                                 total_epochs=2, steps_per_epoch=4))
     for step in range(1, 5):
         time.sleep(0.15)  # tqdm redraws at most every 0.1 s
         progress.on_step(StepEvent(step=step, total_steps=8, epoch=0, loss=1.5, task_loss=1.4, penalty=0.1,
@@ -76,8 +77,8 @@ def test_workbench_list_shows_no_lambda_for_a_baseline(tmp_path):
 
     launcher = Launcher(tmp_path)
     launcher.schedule = lambda: []  # queued, as the launcher records them
-    baseline = launcher.launch(TrainConfig(method="finetune").to_dict(), name="finetune")  # its config keeps λ 0.3
-    taps_run = launcher.launch(TrainConfig(lam=0.1).to_dict(), name="taps")
+    baseline = launcher.launch(TrainConfig.from_flat(method="finetune").to_dict(), name="finetune")  # its config keeps λ 0.3
+    taps_run = launcher.launch(TrainConfig.from_flat(lam=0.1).to_dict(), name="taps")
     proc = subprocess.run([sys.executable, "-m", "workbench", "list", "--runs-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=patience(120))
     assert proc.returncode == 0, proc.stderr

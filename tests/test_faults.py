@@ -52,7 +52,7 @@ def _python(call: str, **popen) -> subprocess.Popen:
 
 
 def _queued(store, **changes) -> str:
-    return store.create_run(TrainConfig(**{**FAST_RUN, **changes}).validate().to_dict())
+    return store.create_run(TrainConfig.from_flat(**{**FAST_RUN, **changes}).validate().to_dict())
 
 
 def _step_records_are_whole(store, run_id, epochs: int) -> None:
@@ -223,7 +223,7 @@ def test_disk_full_error_is_an_oserror_with_errno_and_path(tmp_path):
 def _store_with_a_run(root: Path) -> tuple[str, bytes]:
     """A closed store holding one run with 300 recorded steps, all in the main database file."""
     with RunStore(root) as s:
-        run_id = s.create_run(TrainConfig(**FAST_RUN).to_dict())
+        run_id = s.create_run(TrainConfig.from_flat(**FAST_RUN).to_dict())
         s.record_steps(run_id, [dict(step=i, epoch=0, loss=1.0, scores=[0.1] * 20) for i in range(1, 301)])
     conn = sqlite3.connect(root / DB_NAME)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 import taps
 from taps.backbones import create_backbone
 from taps.errors import TAPSError
-from taps.training.trainer import TrainConfig
+from taps.training.train_config import SETTINGS, TrainConfig
+from taps.training.preflight import preflight
 from tests.helpers import FAST_RUN, scramble
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
@@ -29,7 +30,7 @@ ODD_NUMBERS = st.one_of(st.integers(-10**13, 10**13), st.floats(allow_nan=True, 
                         st.sampled_from([0, 1, -1, 0.5, 1e-300, 2**63]))
 ODD_VALUES = st.one_of(ODD_NUMBERS, st.booleans(), st.none(), st.text(max_size=12),
                        st.lists(ODD_NUMBERS, max_size=4), st.lists(st.text(max_size=6), max_size=3))
-FIELDS = sorted(TrainConfig.__dataclass_fields__)
+FIELDS = sorted(SETTINGS)
 PLAUSIBLE = {  # values a careless user would type, beside the odd ones above
     "method": st.sampled_from(["taps", "finetune", "bn_only", "feature_extractor", "manual_freeze", "lora"]),
     "budget_pct": st.one_of(st.none(), st.floats(0, 120)),
@@ -55,7 +56,7 @@ def settings_dicts(draw):
 @given(settings_dicts())
 def test_random_settings_are_accepted_or_refused_with_one_clear_error(config):
     try:
-        TrainConfig.from_dict(config).preflight()
+        preflight(TrainConfig.from_dict(config))
     except TAPSError as exc:
         assert str(exc).strip() and "\n" not in str(exc).split(". How to get it")[0][:200]
 

@@ -96,7 +96,7 @@ def test_training_crops_are_never_mirrored(small_hanzi):
 
 
 def _one_epoch(method: str, **change) -> dict:
-    config = TrainConfig(dataset="hanzi", method=method, resolution=32, train_subset=None, eval_subset=None,
+    config = TrainConfig.from_flat(dataset="hanzi", method=method, resolution=32, train_subset=None, eval_subset=None,
                          epochs=1, batch_size=16, **change)
     return train(config).history[0]
 
@@ -127,8 +127,8 @@ def test_finetuning_keeps_the_pretrained_features_alive():
     from taps.training.trainer import Normalize, build_model, build_optimizer, input_normalization, load_task_data
     from taps.training.methods import set_train_mode
 
-    config = TrainConfig(method="finetune", train_subset=320, eval_subset=50)
-    data = load_task_data(config, config.dataset)
+    config = TrainConfig.from_flat(method="finetune", train_subset=320, eval_subset=50)
+    data = load_task_data(config, config.data.dataset)
     model = build_model(config, len(data.classes))
     normalize, optimizer = Normalize(*input_normalization(model)), build_optimizer(model, config)
     pooled = []

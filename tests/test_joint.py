@@ -11,6 +11,7 @@ from taps.training.joint import BASE, train_memory_efficient
 from taps.method.multitask import MultiTaskModel
 from taps.method.packs import read_pack
 from taps.training.trainer import CHECKPOINT, TrainConfig, train
+from taps.training.preflight import preflight
 from tests.helpers import FAST_RUN, Recorder
 
 TASKS = ["fashion-mnist", "digits"]
@@ -22,7 +23,7 @@ def joint_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("joint")
     rec = Recorder()
     # Fast scores and no warm-up: in six steps λ=1 already switches layers off.
-    result = train(TrainConfig(**TINY, tasks=TASKS, lam=1.0, score_lr=0.5, penalty_warmup=0.0, out_dir=str(out)),
+    result = train(TrainConfig.from_flat(**TINY, tasks=TASKS, lam=1.0, score_lr=0.5, penalty_warmup=0.0, out_dir=str(out)),
                    [rec])
     return result, rec, out
 
@@ -65,7 +66,7 @@ def test_joint_run_trains_the_shared_base_and_its_packs_serve_each_task_exactly(
 
 
 def test_memory_efficient_variant_serves_its_tasks_from_one_base(tmp_path):
-    results = train_memory_efficient(TrainConfig(**TINY, tasks=TASKS, lam=1.0, out_dir=str(tmp_path)))
+    results = train_memory_efficient(TrainConfig.from_flat(**TINY, tasks=TASKS, lam=1.0, out_dir=str(tmp_path)))
     joint = results["joint"]
     assert all(m["active_layers"] == 0 for m in joint.metrics["tasks"].values())  # fine-tuned base, no deltas
     mt = MultiTaskModel.from_packs({t: results[t].pack_path for t in TASKS}, checkpoint=joint.base_path)
@@ -78,15 +79,15 @@ def test_joint_settings_are_checked():
     from taps.errors import ConfigError
 
     with pytest.raises(ConfigError, match="at least two different datasets"):
-        TrainConfig(tasks=["digits"]).validate()
+        TrainConfig.from_flat(tasks=["digits"]).validate()
     with pytest.raises(ConfigError, match="at least two different datasets"):
-        TrainConfig(tasks=["digits", "digits"]).validate()
+        TrainConfig.from_flat(tasks=["digits", "digits"]).validate()
     with pytest.raises(ConfigError, match="not 'bn_only'"):
-        TrainConfig(tasks=TASKS, method="bn_only").validate()
+        TrainConfig.from_flat(tasks=TASKS, method="bn_only").validate()
     from taps.errors import UnknownDatasetError
 
     with pytest.raises(UnknownDatasetError):
-        TrainConfig(tasks=["digits", "no-such-data"]).preflight()
+        preflight(TrainConfig.from_flat(tasks=["digits", "no-such-data"]))
 
 
 # A joint run in seconds: the 0.4 M-parameter test_resnet from random weights, 4 steps an epoch.
@@ -104,7 +105,7 @@ def _timeless(history: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def uninterrupted_joint_run(tmp_path_factory):
-    return train(TrainConfig(**FAST_JOINT, out_dir=str(tmp_path_factory.mktemp("uninterrupted"))))
+    return train(TrainConfig.from_flat(**FAST_JOINT, out_dir=str(tmp_path_factory.mktemp("uninterrupted"))))
 
 
 class _CrashAtStep:
@@ -122,7 +123,7 @@ class _CrashAtStep:
 def test_joint_run_stopped_mid_way_resumes_to_where_an_uninterrupted_run_ends(tmp_path, uninterrupted_joint_run,
                                                                              stop):
     reference = uninterrupted_joint_run
-    config = TrainConfig(**FAST_JOINT, out_dir=str(tmp_path))
+    config = TrainConfig.from_flat(**FAST_JOINT, out_dir=str(tmp_path))
     steps_per_epoch = FAST_RUN["train_subset"] // FAST_RUN["batch_size"]
     stop_at = steps_per_epoch + 2  # half-way through the second epoch
     if stop == "cancelled":
@@ -154,7 +155,7 @@ def test_joint_run_under_float16_scales_its_losses(monkeypatch):
     import taps.training.trainer as trainer_module
 
     config = dict(FAST_JOINT, epochs=1, train_subset=32)  # 2 steps
-    full = train(TrainConfig(**config))
+    full = train(TrainConfig.from_flat(**config))
     scalers = []
 
     class RecordingScaler(torch.amp.GradScaler):
@@ -173,7 +174,7 @@ def test_joint_run_under_float16_scales_its_losses(monkeypatch):
 
     monkeypatch.setattr(trainer_module, "mixed_precision_dtype", lambda device, enabled: torch.float16)
     monkeypatch.setattr(torch.amp, "GradScaler", RecordingScaler)
-    half = train(TrainConfig(**config))
+    half = train(TrainConfig.from_flat(**config))
     (scaler,) = scalers
     assert scaler.is_enabled() and (scaler.scaled, scaler.steps) == (2 * len(TASKS), 2)  # each task, each step
     # float16 keeps ~3 significant digits: the same run, to within that precision.

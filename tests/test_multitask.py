@@ -121,7 +121,7 @@ def test_two_offline_tasks_in_one_model_keep_their_single_task_accuracy(tmp_path
     MultiTaskModel: each task's test accuracy equals its own run's, exactly."""
     runs = {}
     for dataset in ("fashion-mnist", "digits"):
-        config = TrainConfig(dataset=dataset, resolution=32, train_subset=200, eval_subset=100, epochs=1,
+        config = TrainConfig.from_flat(dataset=dataset, resolution=32, train_subset=200, eval_subset=100, epochs=1,
                              lam=1.0, score_lr=0.05, out_dir=str(tmp_path / dataset))
         runs[dataset] = train(config)
     mt = MultiTaskModel.from_packs({d: r.pack_path for d, r in runs.items()})

@@ -102,7 +102,7 @@ def test_lambda_explorer(tmp_path, monkeypatch):
 
     runs = RunStore(runs_dir).list_runs()
     assert [(r["method"], r["status"]) for r in runs] == [("taps", "done")] * 2
-    by_kind = {"budget" if r["config"].get("budget_pct") else "lam": r for r in runs}
+    by_kind = {"budget" if r["config"]["sparsity"]["budget_pct"] else "lam": r for r in runs}
     assert by_kind["lam"]["lam"] == pytest.approx(0.3)  # the slider's run
     budget = by_kind["budget"]  # the budget button's run ended within its budget
-    assert budget["metrics"]["task_specific_layers_pct"] <= budget["config"]["budget_pct"] == 25.0
+    assert budget["metrics"]["task_specific_layers_pct"] <= budget["config"]["sparsity"]["budget_pct"] == 25.0

@@ -119,8 +119,8 @@ def test_training_config_switches_recomputing_on_and_keeps_resume_compatible():
     from taps.training.checkpoint import resume_key
     from taps.training.trainer import TrainConfig
 
-    model = taps.adapt(tiny_resnet(), TrainConfig(recompute_weights=True).taps_config())
+    model = taps.adapt(tiny_resnet(), TrainConfig.from_flat(recompute_weights=True).taps)
     assert all(layer.recompute for _, layer in taps.gated_layers(model))
     assert not any(layer.recompute for _, layer in taps.gated_layers(taps.adapt(tiny_resnet())))
     # A run checkpointed without it can be resumed with it: the same gradients either way.
-    assert resume_key(TrainConfig(recompute_weights=True)) == resume_key(TrainConfig())
+    assert resume_key(TrainConfig.from_flat(recompute_weights=True)) == resume_key(TrainConfig())

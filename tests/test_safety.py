@@ -76,7 +76,7 @@ def store_with_a_pack(tmp_path):
     """A runs folder holding one finished run and its task pack (no training needed)."""
     root = tmp_path / "runs"
     with RunStore(root) as store:
-        run_id = store.create_run(TrainConfig(**FAST_RUN).to_dict(), name="digits")
+        run_id = store.create_run(TrainConfig.from_flat(**FAST_RUN).to_dict(), name="digits")
         store.mark_running(run_id, os.getpid(), None)
         pack = taps.save_pack(taps.adapt(tiny_resnet(10)), store.run_dir(run_id) / PACK,
                               class_names=[str(i) for i in range(10)], extra={"dataset": "digits", "resolution": 32})
@@ -185,7 +185,7 @@ def test_the_launch_page_accepts_a_folder_the_user_allowed(folders, monkeypatch)
     launcher = Launcher(RunStore(folders["runs"]))
     (run,) = launcher.list_runs()
     try:
-        assert run["config"]["dataset"] == str(photos)
+        assert run["config"]["data"]["dataset"] == str(photos)
     finally:
         launcher.cancel(run["id"], grace_s=1)
 

@@ -13,11 +13,11 @@ RUNS = "app_pages/runs.py"
 
 def test_a_run_that_does_not_learn_warns_after_its_first_epoch(tmp_path, caplog):
     store = RunStore(tmp_path / "runs")
-    run_id = store.create_run(TrainConfig(**FAST_RUN).to_dict())
+    run_id = store.create_run(TrainConfig.from_flat(**FAST_RUN).to_dict())
     events = Recorder()
     with caplog.at_level(logging.WARNING, logger="taps.training.trainer"), StoreRecorder(store, run_id) as recorder:
         # A learning rate far too small: the zero-initialised head keeps the loss at ln 10.
-        result = train(TrainConfig(**dict(FAST_RUN, lr=1e-9)), [events, recorder])
+        result = train(TrainConfig.from_flat(**dict(FAST_RUN, lr=1e-9)), [events, recorder])
     first, second = result.history
     assert abs(first["train_loss"] - math.log(10)) < 1e-3
     assert first["warning"].startswith(f"training loss {first['train_loss']:.3f} at the end of the first epoch "
@@ -29,7 +29,7 @@ def test_a_run_that_does_not_learn_warns_after_its_first_epoch(tmp_path, caplog)
 
 def test_the_runs_page_shows_the_warning(tmp_path, monkeypatch):
     store = RunStore(tmp_path)
-    run_id = store.create_run(TrainConfig(**FAST_RUN).to_dict())
+    run_id = store.create_run(TrainConfig.from_flat(**FAST_RUN).to_dict())
     message = "training loss 2.301 at the end of the first epoch is still at chance (ln 10 = 2.303): …"
     store.record_epoch(run_id, dict(epoch=0, epochs=2, train_loss=2.301, warning=message))
     store.record_epoch(run_id, dict(epoch=1, epochs=2, train_loss=1.5))

@@ -34,7 +34,7 @@ def step_dict(step, epoch=0, scores=None, total=1000):
 
 
 def config(**kw):
-    return TrainConfig(**kw).to_dict()
+    return TrainConfig.from_flat(**kw).to_dict()
 
 
 # ---------------------------------------------------------------------------------------- runs
@@ -81,7 +81,7 @@ def test_json_fields_decode(store):
     assert run["layer_params"] == [864, 1280] and run["classes"] == ["a", "b"]
     assert run["metrics"] == FINAL_METRICS and run["total_steps"] == 40 and run["device"] == "cpu"
     assert (run["train_size"], run["val_size"], run["test_size"]) == (100, 10, 20)
-    assert isinstance(run["config"], dict) and run["config"]["lam"] == 0.3
+    assert isinstance(run["config"], dict) and run["config"]["sparsity"]["lam"] == 0.3
 
 
 def test_status_transitions_and_timestamps(store):
@@ -553,7 +553,11 @@ def test_a_version_1_store_is_migrated_and_keeps_its_runs(tmp_path):
         "r-old": ("single", None), "r-base": ("single", None), "r-budget": ("budget", 0.7), "r-path": ("path", 0.3),
         "r-joint": ("joint", 0.3)}
     run = store.get_run("r-old")
-    assert run["config"] == {"lam": 0.5} and run["tasks"] is None
+    # Its flat (version 1) config comes back in today's nested form, the unsaid settings at their defaults.
+    assert run["config"] == TrainConfig.from_flat(lam=0.5).to_dict() and run["config"]["version"] == 2
+    assert run["config"]["sparsity"]["lam"] == 0.5 and run["tasks"] is None
+    assert store.get_run("r-budget")["config"]["sparsity"]["budget_pct"] == 25.0
+    assert store.get_run("r-joint")["config"]["data"]["tasks"] == ["a", "b"]
     assert [(s["step"], s["loss"], s["task_losses"]) for s in store.steps_since("r-old")] == [(1, 0.7, None)]
     assert [(e["epoch"], e["train_loss"], e["tasks"], e["warning"]) for e in store.epochs("r-old")] == \
         [(0, 2.0, None, None)]

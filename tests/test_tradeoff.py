@@ -25,11 +25,11 @@ def results():
         "taps_small_lam": dict(method="taps", lam=0.3),
         "taps_large_lam": dict(method="taps", lam=10.0),
     }
-    return {name: train(TrainConfig(**SMALLER, **change)).metrics for name, change in runs.items()}
+    return {name: train(TrainConfig.from_flat(**SMALLER, **change)).metrics for name, change in runs.items()}
 
 
 def test_the_default_task_is_the_one_these_claims_are_about():
-    assert TrainConfig().dataset == "hanzi"
+    assert TrainConfig().data.dataset == "hanzi"
 
 
 def test_pretrained_features_alone_fall_far_short_of_finetuning(results):

@@ -16,6 +16,7 @@ import taps
 from taps.errors import ConfigError, DatasetUnavailableError, TrainingError, UnknownBackboneError, UnknownDatasetError
 from taps.inference import evaluate_pack
 from taps.training.trainer import TrainConfig, train
+from taps.training.preflight import preflight
 from tests.helpers import FAST_RUN, Recorder
 from speed import patience
 
@@ -26,7 +27,7 @@ TINY = dict(dataset="fashion-mnist", resolution=32, train_subset=160, eval_subse
 
 def test_events_metrics_and_pack_agree(tmp_path):
     rec = Recorder()
-    result = train(TrainConfig(**TINY, lam=1.0, out_dir=str(tmp_path)), [rec])
+    result = train(TrainConfig.from_flat(**TINY, lam=1.0, out_dir=str(tmp_path)), [rec])
     steps_per_epoch = 160 // 16
     assert [e.step for e in rec.steps] == list(range(1, 2 * steps_per_epoch + 1))
     assert rec.start.total_steps == 2 * steps_per_epoch and len(rec.start.layer_names) == 49
@@ -54,7 +55,7 @@ def test_classify_an_image_file_as_the_test_split_does(tmp_path):
     from taps.training.trainer import Normalize
     from taps.backbones import input_normalization
 
-    result = train(TrainConfig(**{**TINY, "epochs": 1}, out_dir=str(tmp_path)))
+    result = train(TrainConfig.from_flat(**{**TINY, "epochs": 1}, out_dir=str(tmp_path)))
     model, pack = load_task_model(result.pack_path)
     raw = load_dataset("fashion-mnist", resolution=28, test_subset=20, mean=(0, 0, 0), std=(1, 1, 1))
     test = load_dataset("fashion-mnist", resolution=32, test_subset=20, mean=(0, 0, 0), std=(1, 1, 1)).test
@@ -75,15 +76,15 @@ def test_classify_an_image_file_as_the_test_split_does(tmp_path):
 
 
 def test_seeded_cpu_runs_are_deterministic():
-    a = train(TrainConfig(**{**TINY, "epochs": 1}, seed=3))
-    b = train(TrainConfig(**{**TINY, "epochs": 1}, seed=3))
+    a = train(TrainConfig.from_flat(**{**TINY, "epochs": 1}, seed=3))
+    b = train(TrainConfig.from_flat(**{**TINY, "epochs": 1}, seed=3))
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
     assert a.layer_report == b.layer_report
 
 
 def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
     config = dict(TINY, epochs=3, lam=1.0)
-    reference = train(TrainConfig(**config, out_dir=str(tmp_path / "reference")))
+    reference = train(TrainConfig.from_flat(**config, out_dir=str(tmp_path / "reference")))
 
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "taps", "train", "--out-dir", str(out)]
@@ -101,7 +102,7 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
     assert not (out / "task.safetensors").exists()
 
     rec = Recorder()
-    resumed = train(TrainConfig(**config, out_dir=str(out)), [rec], resume=True)
+    resumed = train(TrainConfig.from_flat(**config, out_dir=str(out)), [rec], resume=True)
     assert rec.start.start_epoch == epoch_done + 1
     assert [e.epoch for e in rec.epochs] == list(range(epoch_done + 1, 3))
     timeless = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]
@@ -111,15 +112,15 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
-    train(TrainConfig(**{**TINY, "epochs": 1}, out_dir=str(tmp_path)))
+    train(TrainConfig.from_flat(**{**TINY, "epochs": 1}, out_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="different settings"):
-        train(TrainConfig(**{**TINY, "epochs": 1, "lam": 5.0}, out_dir=str(tmp_path)), resume=True)
+        train(TrainConfig.from_flat(**{**TINY, "epochs": 1, "lam": 5.0}, out_dir=str(tmp_path)), resume=True)
 
 
 def test_cancel_stops_within_a_step_and_keeps_the_last_checkpoint(tmp_path):
     rec = Recorder()
     steps_per_epoch = 10
-    result = train(TrainConfig(**TINY, out_dir=str(tmp_path)), [rec],
+    result = train(TrainConfig.from_flat(**TINY, out_dir=str(tmp_path)), [rec],
                    should_stop=lambda: len(rec.steps) >= steps_per_epoch + 3)
     assert result.status == "cancelled" and len(rec.steps) == steps_per_epoch + 3
     assert result.epochs_done == 1 and result.pack_path is None
@@ -139,7 +140,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, mo
 
     monkeypatch.setattr(trainer_module.F, "cross_entropy", poisoned)
     with pytest.raises(TrainingError, match=r"loss became nan at step 13 \(epoch 2\).*checkpoint"):
-        train(TrainConfig(**TINY, out_dir=str(tmp_path)))
+        train(TrainConfig.from_flat(**TINY, out_dir=str(tmp_path)))
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 0
 
 
@@ -156,18 +157,18 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, mo
 ])
 def test_bad_settings_fail_clearly_before_training(change, error, message):
     with pytest.raises(error, match=message):
-        TrainConfig(**{**TINY, **change}).preflight()  # what a launcher checks before queueing
+        preflight(TrainConfig.from_flat(**{**TINY, **change}))  # what a launcher checks before queueing
     rec = Recorder()
     with pytest.raises(error, match=message):
-        train(TrainConfig(**{**TINY, **change}), [rec])
+        train(TrainConfig.from_flat(**{**TINY, **change}), [rec])
     assert not rec.steps
 
 
 def test_missing_dataset_files_say_how_to_get_them(tmp_path):
     with pytest.raises(DatasetUnavailableError, match="(?i)how to get it"):
-        TrainConfig(**{**TINY, "dataset": "flowers102"}, data_root=str(tmp_path)).preflight()
+        preflight(TrainConfig.from_flat(**{**TINY, "dataset": "flowers102"}, data_root=str(tmp_path)))
     with pytest.raises(DatasetUnavailableError, match="(?i)flowers"):
-        train(TrainConfig(**{**TINY, "dataset": "flowers102"}, data_root=str(tmp_path)))
+        train(TrainConfig.from_flat(**{**TINY, "dataset": "flowers102"}, data_root=str(tmp_path)))
 
 
 def test_corrupt_image_in_a_folder_is_substituted_with_a_warning(tmp_path, caplog):
@@ -179,7 +180,7 @@ def test_corrupt_image_in_a_folder_is_substituted_with_a_warning(tmp_path, caplo
             pixels = np.clip(rng.normal(shade, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(tmp_path / cls / f"{i}.png")
     (tmp_path / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    result = train(TrainConfig(dataset=str(tmp_path), resolution=32, train_subset=None, eval_subset=None,
+    result = train(TrainConfig.from_flat(dataset=str(tmp_path), resolution=32, train_subset=None, eval_subset=None,
                                batch_size=8, epochs=1, lr=0.02))
     assert result.status == "done"
     assert "broken.jpg" in caplog.text
@@ -197,9 +198,9 @@ def test_gpu_mixed_precision_path_runs_on_cpu(monkeypatch):
     import taps.training.trainer as trainer_module
 
     config = dict(TINY, epochs=1, train_subset=64)
-    full = train(TrainConfig(**config))
+    full = train(TrainConfig.from_flat(**config))
     monkeypatch.setattr(trainer_module, "mixed_precision_dtype", lambda device, enabled: torch.bfloat16)
-    mixed = train(TrainConfig(**config))
+    mixed = train(TrainConfig.from_flat(**config))
     assert mixed.status == "done"
     # bfloat16 keeps ~3 significant digits: the same run, to within that precision.
     assert mixed.history[0]["train_loss"] == pytest.approx(full.history[0]["train_loss"], rel=0.05)
@@ -249,7 +250,7 @@ def test_frozen_gates_skip_unwanted_gradients_without_changing_the_run(monkeypat
     gradient): the run is the very run it was when those gradients were computed and unused."""
     import taps.training.trainer as trainer
 
-    config = TrainConfig(**FAST_RUN, lam=3.0, score_lr=0.05, penalty_mode="params", gate_freeze=0.5,
+    config = TrainConfig.from_flat(**FAST_RUN, lam=3.0, score_lr=0.05, penalty_mode="params", gate_freeze=0.5,
                          penalty_warmup=0.1)
     learning, real = [], trainer.set_gates_learning
     monkeypatch.setattr(trainer, "set_gates_learning", lambda scores, on: (learning.append(on), real(scores, on)))

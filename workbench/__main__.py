@@ -14,7 +14,6 @@ command returns.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -84,12 +83,6 @@ def build_parser(with_config: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def _config_from(args) -> dict:
-    from taps.training.trainer import TrainConfig
-
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-
-
 def _fmt(v) -> str:
     if v is None:
         return "–"
@@ -114,11 +107,13 @@ def _run(args) -> int:
         launcher = RayLauncher(store, address=args.address)
     else:
         launcher = Launcher(store)
+    if args.command in ("launch", "sweep"):
+        from taps.cli import config_from_args  # imports torch: only for the commands that launch
     if args.command == "launch":
-        run_ids = [launcher.launch(_config_from(args), name=args.name)]
+        run_ids = [launcher.launch(config_from_args(args), name=args.name)]
         print(run_ids[0])
     elif args.command == "sweep":
-        sweep_id, run_ids = launcher.sweep(_config_from(args), args.lams, args.lrs, args.datasets,
+        sweep_id, run_ids = launcher.sweep(config_from_args(args), args.lams, args.lrs, args.datasets,
                                            baselines=args.baselines, name=args.name)
         print(f"sweep {sweep_id}: {len(run_ids)} runs")
         for r in run_ids:

@@ -87,7 +87,7 @@ def measure_step(setting: ProbeSetting) -> tuple[float, float, int, bool]:
     from taps.training.trainer import (TrainConfig, build_model, build_optimizer, eval_loader, mixed_precision_dtype,
                               uses_channels_last)
 
-    config = TrainConfig(backbone=setting.backbone, method=setting.method, weights="none",
+    config = TrainConfig.from_flat(backbone=setting.backbone, method=setting.method, weights="none",
                          resolution=setting.resolution, batch_size=setting.batch_size, device=setting.device)
     device = resolve_device(config.device)
     classes = 10
@@ -96,7 +96,7 @@ def measure_step(setting: ProbeSetting) -> tuple[float, float, int, bool]:
         model = build_model(config, classes).to(device).train()
         optimizer = build_optimizer(model, config)
         penalty = SparsityPenalty(model) if setting.method == "taps" else None
-        amp_dtype = mixed_precision_dtype(device, config.amp)
+        amp_dtype = mixed_precision_dtype(device, config.optim.amp)
         memory_format = torch.channels_last if uses_channels_last(device, amp_dtype) else torch.contiguous_format
         model = model.to(memory_format=memory_format)
         images = torch.rand(setting.batch_size, 3, setting.resolution, setting.resolution, device=device)
@@ -109,7 +109,7 @@ def measure_step(setting: ProbeSetting) -> tuple[float, float, int, bool]:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = F.cross_entropy(model(images).float(), labels)
             if penalty is not None:
-                loss = loss + penalty(config.lam)
+                loss = loss + penalty(config.sparsity.lam)
             loss.backward()
             optimizer.step()
             sync()

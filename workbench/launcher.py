@@ -1,7 +1,7 @@
 """The launcher: runs as local background processes, queued in the run store.
 
     launcher = Launcher(RunStore())                      # concurrency: visible GPUs, else 1
-    run_id = launcher.launch(TrainConfig(lam=0.5).to_dict(), name="λ=0.5")
+    run_id = launcher.launch({"lam": 0.5}, name="λ=0.5")       # or a TrainConfig
     sweep_id, run_ids = launcher.sweep(base, lams=[0.1, 1, 10], baselines=True)
     launcher.cancel(run_id); launcher.resume(run_id)
 
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from taps.fileio import atomic_write
+from taps.training.train_config import TrainConfig
 
 from .hardware import THREADS_ENV, cpu_threads_per_worker, visible_gpus
 from .processes import create_time, process_alive
@@ -90,47 +91,43 @@ class Launcher:
 
     # ----------------------------------------------------------------- validation
     @staticmethod
-    def validate(config: dict):
+    def validate(config: "TrainConfig | dict") -> "TrainConfig":
         """The trainer's own checks, plus: the backbone is known and the dataset is known and on
-        this machine (or may be downloaded). Raises the taps error that says what is wrong."""
-        from taps.training.trainer import TrainConfig  # imports torch: only when someone launches
+        this machine (or may be downloaded). ``config``: a TrainConfig, its JSON form or flat
+        settings. Raises the taps error that says what is wrong."""
+        from taps.training.preflight import preflight  # imports torch: only when someone launches
 
-        if hasattr(config, "to_dict"):
-            config = config.to_dict()
-        return TrainConfig.from_dict(dict(config)).preflight()
+        return preflight(as_config(config))
 
     # ----------------------------------------------------------------- launching
-    def launch(self, config: dict, *, name: str | None = None, sweep: str | None = None) -> str:
+    def launch(self, config: "TrainConfig | dict", *, name: str | None = None, sweep: str | None = None) -> str:
         """Validate ``config`` (nothing is queued if it is bad), queue a run, start what fits."""
         cfg = self.validate(config)
         run_id = self._create(cfg, name, sweep)
         self.schedule()
         return run_id
 
-    def sweep(self, base_config: dict, lams: Iterable[float], lrs: Iterable[float] | None = None,
+    def sweep(self, base_config: "TrainConfig | dict", lams: Iterable[float], lrs: Iterable[float] | None = None,
               datasets: Iterable[str] | None = None, baselines: bool = False,
               name: str | None = None) -> tuple[str, list[str]]:
         """A grid of TAPS runs λ × lr × dataset (plus, with ``baselines``, 'finetune' and
         'feature_extractor' per dataset and lr), all in one sweep. Every config is validated
         before any run is queued. Returns (sweep_id, run_ids)."""
-        from taps.training.trainer import TrainConfig
-
-        base = base_config.to_dict() if hasattr(base_config, "to_dict") else dict(base_config)
-        defaults = TrainConfig.from_dict(base)
+        base = as_config(base_config)
         lams = list(lams)
         if not lams:
             raise ValueError("a sweep needs at least one λ")
-        lrs = list(lrs) if lrs else [defaults.lr]
-        datasets = list(datasets) if datasets else [defaults.dataset]
-        plan: list[tuple[dict, str]] = []
+        lrs = list(lrs) if lrs else [base.optim.lr]
+        datasets = list(datasets) if datasets else [base.data.dataset]
+        plan: list[tuple[TrainConfig, str]] = []
         for ds in datasets:
             for lr in lrs:
                 for lam in lams:
-                    cfg = dict(base, dataset=ds, lr=lr, lam=lam, method="taps")
+                    cfg = base.updated(dataset=ds, lr=lr, lam=lam, method="taps")
                     plan.append((cfg, _run_name("taps", ds, lr, lam, datasets, lrs)))
                 if baselines:
                     for method in BASELINES:
-                        cfg = dict(base, dataset=ds, lr=lr, method=method)
+                        cfg = base.updated(dataset=ds, lr=lr, method=method)
                         plan.append((cfg, _run_name(method, ds, lr, None, datasets, lrs)))
         checked = [(self.validate(cfg), run_name) for cfg, run_name in plan]
         sweep_id = name or f"sweep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.urandom(2).hex()}"
@@ -354,6 +351,11 @@ class Launcher:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"runs not finished after {timeout:g} s: {statuses}")
             time.sleep(poll_s)
+
+
+def as_config(config: TrainConfig | dict) -> TrainConfig:
+    """A TrainConfig from any of the forms a caller holds: itself, its JSON form, flat settings."""
+    return config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
 
 
 def _run_name(method: str, dataset: str, lr: float, lam: float | None, datasets: list, lrs: list) -> str:

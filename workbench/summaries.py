@@ -11,15 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from taps.errors import ConfigError
 from taps.method.gate import gate_on
 from taps.training.points import PointKind
+from taps.training.train_config import TrainConfig
 
 from .store import TERMINAL, RunReader
 
 __all__ = [
     "run_rows", "RunProgress", "run_progress", "final_scores", "layer_patterns", "layer_report_rows", "task_scores",
     "planned_steps", "comparable_run", "measured_run_timing", "RunEstimate", "estimate_run", "sweep_seconds",
-    "pack_rows", "format_duration", "run_label", "run_to_follow", "plural",
+    "pack_rows", "format_duration", "run_label", "run_settings", "run_to_follow", "plural",
 ]
 
 BYTES_PER_PARAM = 4  # float32 checkpoints
@@ -41,16 +43,23 @@ def run_label(run: dict) -> str:
     if run.get("name"):
         return run["name"]
     method = run.get("method") or "run"
-    if run.get("tasks") or (run.get("config") or {}).get("tasks"):
+    sparsity = run_settings(run).sparsity
+    if run.get("tasks") or run_settings(run).data.tasks:
         method = f"joint {method}"
-    config = run.get("config") or {}
-    if config.get("budget_pct") is not None:
-        kind = "layers" if config.get("budget_kind", "layers") == "layers" else "params"
-        return f"{method} budget ≤{config['budget_pct']:g}% {kind}"
-    if config.get("lam_path"):
-        return f"{method} λ path {config['lam_path'][0]:g}→{config['lam_path'][-1]:g}"
+    if sparsity.budget_pct is not None:
+        return f"{method} budget ≤{sparsity.budget_pct:g}% {sparsity.budget_kind}"
+    if sparsity.lam_path:
+        return f"{method} λ path {sparsity.lam_path[0]:g}→{sparsity.lam_path[-1]:g}"
     lam = run.get("lam")
     return f"{method} λ={lam:g}" if method.endswith("taps") and lam is not None else method
+
+
+def run_settings(run: dict) -> TrainConfig:
+    """A run's settings, typed; the defaults where its stored config cannot be read."""
+    try:
+        return TrainConfig.from_dict(run.get("config") or {})
+    except (ConfigError, TypeError, ValueError):
+        return TrainConfig()
 
 
 def plural(n: int, word: str) -> str:
@@ -141,7 +150,7 @@ def final_scores(runs: RunReader, run_id: str) -> list[float] | None:
 
 
 def _threshold(run: dict) -> float:
-    return float((run.get("config") or {}).get("threshold", 0.1))
+    return float(run_settings(run).taps.threshold)
 
 
 def task_scores(run: dict, scores: Sequence[float]) -> list[tuple[str | None, list[float]]]:
@@ -202,13 +211,15 @@ def planned_steps(train_images: int, batch_size: int, epochs: int) -> int:
     return per_epoch * epochs
 
 
-def comparable_run(run: dict, config: dict, host: str) -> bool:
-    """A finished run on this host whose steps cost what ``config``'s will: same backbone,
-    method, resolution, batch size, device request and number of tasks."""
-    past = run.get("config") or {}
-    return (run.get("status") == "done" and run.get("host") == host and run.get("backbone") == config.get("backbone")
-            and all(past.get(k) == config.get(k) for k in ("method", "resolution", "batch_size", "device"))
-            and len(past.get("tasks") or []) == len(config.get("tasks") or []))
+def comparable_run(run: dict, settings: dict, host: str) -> bool:
+    """A finished run on this host whose steps cost what those of ``settings`` (flat, as a form
+    holds them) will: same backbone, method, resolution, batch size, device request and number
+    of tasks."""
+    past = run_settings(run).to_flat()
+    same = ("backbone", "method", "resolution", "batch_size", "device")
+    return (run.get("status") == "done" and run.get("host") == host
+            and all(past[k] == settings.get(k) for k in same)
+            and len(past["tasks"]) == len(settings.get("tasks") or []))
 
 
 def measured_run_timing(run: dict, steps: Sequence[dict], epochs: Sequence[dict]) -> dict | None:

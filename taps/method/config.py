@@ -7,6 +7,15 @@ from typing import Literal
 PenaltyMode = Literal["layers", "params"]
 
 
+def setting(default, help: str, *, choices: tuple | None = None):
+    """A settings field with its documentation (and allowed values): the one place a setting is
+    described, which ``python -m taps train --help`` shows. A list default gets a fresh copy."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TAPSConfig:
     """How a pretrained model is turned into a TAPS model.
@@ -28,14 +37,17 @@ class TAPSConfig:
                  memory, one more add per active layer per step. Same gradients.
     """
 
-    threshold: float = 0.1
-    score_init: float = 0.15
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-    penalty_mode: PenaltyMode = "layers"
-    train_norms: bool = True
-    head: str | None = None
-    recompute_weights: bool = False
+    threshold: float = setting(0.1, "τ: a layer is task-specific while its score is ≥ τ")
+    score_init: float = setting(0.15, "initial score of every layer; above τ, so step 0 is the pretrained model")
+    include: list[str] = setting([], "fnmatch patterns of module names to gate; empty: every Conv2d and Linear")
+    exclude: list[str] = setting([], "fnmatch patterns of module names never gated")
+    penalty_mode: PenaltyMode = setting("layers", "layers: every layer costs the same (Eq. 3); params: a layer "
+                                        "costs its share of the parameters", choices=("layers", "params"))
+    train_norms: bool = setting(True, "normalisation layers are task-specific (trained, kept in the task pack), "
+                                "as in the paper")
+    head: str | None = setting(None, "module name of the classifier head; unset: found from the model")
+    recompute_weights: bool = setting(False, "compose w̄ + δ again in the backward pass: one weight-sized copy "
+                                      "less in memory, a few % more time, same gradients")
 
     def __post_init__(self) -> None:
         if self.penalty_mode not in ("layers", "params"):

@@ -17,8 +17,8 @@ from torch import nn
 from ..method.adaptation import gated_layers
 from ..method.gate import gate_on
 from ..method.stats import fixed_numel
+from .train_config import BUDGET_KINDS
 
-BUDGET_KINDS = ("layers", "params")
 
 
 class LayerCosts:

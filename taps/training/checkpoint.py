@@ -22,10 +22,19 @@ CHECKPOINT = "checkpoint.pt"
 FIELDS = ("config", "epoch", "model", "optimizer", "scheduler", "history", "schedule")  # and "scaler" since float16
 
 
+# Settings that change neither the numbers nor the checkpoint's tensors: a run may resume with others.
+NOT_IN_RESUME_KEY = ("out_dir", "device", "num_workers", "recompute_weights")
+# Settings added after checkpoints were first written: left out while at their default, so a run
+# interrupted before they existed still resumes.
+ADDED_LATER = {"train_norms": True, "head": None}
+
+
 def resume_key(config) -> str:
     """Settings that must match for a checkpoint to be resumed (not where it lives, not the
-    device, nor what changes memory or speed but not the numbers); ``config`` is a TrainConfig."""
-    key = {k: v for k, v in config.to_dict().items() if k not in ("out_dir", "device", "num_workers", "recompute_weights")}
+    device, nor what changes memory or speed but not the numbers); ``config`` is a TrainConfig.
+    Flat names: a key is the same whichever way the settings are grouped."""
+    key = {k: v for k, v in config.to_flat().items()
+           if k not in NOT_IN_RESUME_KEY and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     return json.dumps(key, sort_keys=True)
 
 

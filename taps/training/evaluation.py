@@ -21,8 +21,8 @@ class Normalize(nn.Module):
 
 def eval_loader(images, config, pin: bool) -> DataLoader:
     """Batches of a validation or test split in order (``config``: a TrainConfig)."""
-    return DataLoader(images, batch_size=max(config.batch_size, 64), shuffle=False,
-                      num_workers=config.num_workers, pin_memory=pin)
+    return DataLoader(images, batch_size=max(config.optim.batch_size, 64), shuffle=False,
+                      num_workers=config.data.num_workers, pin_memory=pin)
 
 
 @torch.no_grad()

@@ -60,7 +60,8 @@ class StartEvent:
     total_steps: int
     start_epoch: int
     tasks: list[str] = field(default_factory=list)
-    total_epochs: int | None = None  # all stages of a λ path; None: config["epochs"]
+    total_epochs: int = 0  # all stages of a λ path
+    steps_per_epoch: int = 0
 
 
 @dataclass

@@ -21,8 +21,8 @@ from torch import nn
 from ..method.adaptation import adapt, gated_layers, head_name, norm_layers
 from ..method.config import TAPSConfig
 from ..errors import ConfigError
+from .train_config import METHODS
 
-METHODS = ("taps", "finetune", "feature_extractor", "bn_only", "manual_freeze")
 
 
 def prepare_model(model: nn.Module, method: str, config: TAPSConfig, *,

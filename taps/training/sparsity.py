@@ -41,10 +41,11 @@ class FixedLam:
     """One λ, ramped in from 0 over the first ``penalty_warmup`` of the steps."""
 
     def __init__(self, config: TrainConfig, steps_per_epoch: int, lams: list[float] | None = None):
-        self.stages = plan_stages(lams or [config.lam], config.epochs, config.path_stage_epochs, steps_per_epoch)
-        self.steps_per_epoch, self.warmup = steps_per_epoch, config.penalty_warmup
+        s = config.sparsity
+        self.stages = plan_stages(lams or [s.lam], config.optim.epochs, s.path_stage_epochs, steps_per_epoch)
+        self.steps_per_epoch, self.warmup = steps_per_epoch, s.penalty_warmup
         # What the penalty weighs (each layer alike, or by its parameters); None: the method has none.
-        self.penalty_kind = config.penalty_mode if config.method == "taps" else None
+        self.penalty_kind = config.taps.penalty_mode if config.method == "taps" else None
 
     @property
     def total_epochs(self) -> int:
@@ -95,7 +96,7 @@ class LamPath(FixedLam):
     stage's end is a frontier point (its task pack, ``stage-<k>.safetensors``)."""
 
     def __init__(self, config: TrainConfig, steps_per_epoch: int):
-        super().__init__(config, steps_per_epoch, lams=config.lam_path)
+        super().__init__(config, steps_per_epoch, lams=config.sparsity.lam_path)
 
     def epoch_fields(self, epoch: int) -> dict:
         stage = self.stage_of(epoch)
@@ -124,15 +125,16 @@ class Budget(FixedLam):
     def __init__(self, config: TrainConfig, steps_per_epoch: int, model: nn.Module, num_classes: int):
         super().__init__(config, steps_per_epoch)
         check_budget_reachable(config, model, num_classes)
-        self.penalty_kind, self.pct, self.kind = config.budget_kind, config.budget_pct, config.budget_kind
-        self.freeze_at = freeze_step(self.stages[0], config.gate_freeze)
-        costs = LayerCosts(model, config.budget_kind)
+        s = config.sparsity
+        self.penalty_kind, self.pct, self.kind = s.budget_kind, s.budget_pct, s.budget_kind
+        self.freeze_at = freeze_step(self.stages[0], s.gate_freeze)
+        costs = LayerCosts(model, s.budget_kind)
         # The target reaches the budget two thirds of the way to the gate freeze, so the last third
         # settles λ and trains the layers that stay. It starts at the cost of the initial gates
         # (from the config, so a resumed run anneals the same way).
         self.controller = BudgetController(
-            costs, config.budget_pct, config.budget_gain, anneal_steps=round(2 / 3 * self.freeze_at),
-            start_pct=costs.cost_pct(costs.active([config.score_init] * len(costs.layers))))
+            costs, s.budget_pct, s.budget_gain, anneal_steps=round(2 / 3 * self.freeze_at),
+            start_pct=costs.cost_pct(costs.active([config.taps.score_init] * len(costs.layers))))
 
     def lam_at(self, step: int) -> float:
         return self.controller.lam
@@ -174,9 +176,9 @@ class Budget(FixedLam):
 
 def sparsity_schedule(config: TrainConfig, steps_per_epoch: int, model: nn.Module, num_classes: int) -> FixedLam:
     """The schedule ``config`` asks for; ``model`` and ``num_classes`` price a budget."""
-    if config.budget_pct is not None:
+    if config.sparsity.budget_pct is not None:
         return Budget(config, steps_per_epoch, model, num_classes)
-    if config.lam_path:
+    if config.sparsity.lam_path:
         return LamPath(config, steps_per_epoch)
     return FixedLam(config, steps_per_epoch)
 
@@ -184,10 +186,11 @@ def sparsity_schedule(config: TrainConfig, steps_per_epoch: int, model: nn.Modul
 def check_budget_reachable(config: TrainConfig, model: nn.Module, num_classes: int) -> None:
     """Refuse a budget below what every task of this model costs (norms and head, for a parameter
     budget): λ would rise without bound and the run could not end within it."""
-    if config.budget_pct is None:
+    s = config.sparsity
+    if s.budget_pct is None:
         return
-    floor = LayerCosts(model, config.budget_kind).floor_pct()
-    if config.budget_pct < floor:
+    floor = LayerCosts(model, s.budget_kind).floor_pct()
+    if s.budget_pct < floor:
         least = math.ceil(floor * 100) / 100  # the smallest budget, in hundredths, that can be met
-        raise ConfigError(f"budget_pct must be ≥ {least} for a {config.budget_kind} budget, got {config.budget_pct}: "
+        raise ConfigError(f"budget_pct must be ≥ {least} for a {s.budget_kind} budget, got {s.budget_pct}: "
                           f"norms and head of {config.backbone} with {num_classes} classes already cost {floor:.3f} %")

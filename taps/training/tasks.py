@@ -25,7 +25,6 @@ A joint run writes ``base.safetensors`` (the trained shared weights, loadable wi
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -62,16 +61,16 @@ def load_task_data(config: TrainConfig, dataset: str):
     """The train/val/test splits of ``dataset`` as ``config`` asks. Images arrive in [0, 1]; the
     backbone's own normalisation is applied on the device, so the data pipeline does not depend
     on which backbone trains on it."""
-    return load_dataset(dataset, resolution=config.resolution, train_subset=config.train_subset,
-                        test_subset=config.eval_subset, val_fraction=config.val_fraction, seed=config.seed,
-                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), data_root=config.data_root,
-                        allow_download=config.allow_download)
+    return load_dataset(dataset, resolution=config.data.resolution, train_subset=config.data.train_subset,
+                        test_subset=config.data.eval_subset, val_fraction=config.data.val_fraction, seed=config.seed,
+                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), data_root=config.data.data_root,
+                        allow_download=config.data.allow_download)
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     model = create_backbone(config.backbone, num_classes, config.weights, checkpoint=config.checkpoint)
-    return prepare_model(model, config.method, config.taps_config(),
-                         freeze_layers=config.freeze_layers, freeze_budget_pct=config.freeze_budget_pct)
+    return prepare_model(model, config.method, config.taps, freeze_layers=config.sparsity.freeze_layers,
+                         freeze_budget_pct=config.sparsity.freeze_budget_pct)
 
 
 def trained_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -88,8 +87,8 @@ class TaskSet:
         self.config, self.device, self.names, self.model, self.data = config, device, names, model, data
         self.pin = device.type == "cuda"
         # Whole batches only (BatchNorm dislikes a last batch of 1), unless a task is smaller than one.
-        self.drop_last = all(len(d.train) >= config.batch_size for d in data.values())
-        self.steps_per_epoch = max(len(d.train) // config.batch_size if self.drop_last else 1
+        self.drop_last = all(len(d.train) >= config.optim.batch_size for d in data.values())
+        self.steps_per_epoch = max(len(d.train) // config.optim.batch_size if self.drop_last else 1
                                    for d in data.values())
         self.layers = [m for _, m in gated_layers(model)]  # the same modules throughout: tasks swap tensors
         self.current = names[0]
@@ -120,8 +119,8 @@ class TaskSet:
         step has a batch of every task. Shuffling is seeded per epoch, so a resumed run draws
         the batches an uninterrupted one draws."""
         def loader(task: str) -> DataLoader:
-            return DataLoader(self.data[task].train, batch_size=self.config.batch_size, shuffle=True,
-                              drop_last=self.drop_last, num_workers=self.config.num_workers, pin_memory=self.pin,
+            return DataLoader(self.data[task].train, batch_size=self.config.optim.batch_size, shuffle=True,
+                              drop_last=self.drop_last, num_workers=self.config.data.num_workers, pin_memory=self.pin,
                               generator=torch.Generator().manual_seed(self.config.seed * 1000 + epoch))
 
         def cycle(task: str):
@@ -164,7 +163,7 @@ class TaskSet:
     def pack_extra(self, task: str) -> dict:
         """What a task pack records about how it was trained, to be evaluated the same way later."""
         mean, std = input_normalization(self.model)
-        return {"method": self.config.method, "dataset": task, "resolution": self.config.resolution,
+        return {"method": self.config.method, "dataset": task, "resolution": self.config.data.resolution,
                 "mean": list(mean), "std": list(std)}
 
     def save_stage_pack(self, out: Path, stage: Stage, record: EpochEvent) -> str:
@@ -175,11 +174,11 @@ class OneTask(TaskSet):
     """The usual run: one dataset, its deltas, scores, norms and head in the model itself."""
 
     def __init__(self, config: TrainConfig, device: torch.device, channels_last: bool):
-        data = load_task_data(config, config.dataset)
+        data = load_task_data(config, config.data.dataset)
         model = build_model(config, len(data.classes)).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        super().__init__(config, device, [config.dataset], model, {config.dataset: data})
+        super().__init__(config, device, [config.data.dataset], model, {config.data.dataset: data})
 
     def trained_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         return trained_parameters(self.model)
@@ -263,9 +262,9 @@ class JointTasks(TaskSet):
     """Several tasks on one trained base (Eq. 4): see the module docstring."""
 
     def __init__(self, config: TrainConfig, device: torch.device, channels_last: bool):
-        data = {task: load_task_data(config, task) for task in config.tasks}
-        first = data[config.tasks[0]]
-        model = build_model(replace(config, method="taps", tasks=[]), len(first.classes)).to(device)
+        data = {task: load_task_data(config, task) for task in config.data.tasks}
+        first = data[config.data.tasks[0]]
+        model = build_model(config.updated(method="taps", tasks=[]), len(first.classes)).to(device)
         if channels_last:  # before the task states are made, so their deltas take the layout too
             model = model.to(memory_format=torch.channels_last)
         if config.method == "finetune":
@@ -278,8 +277,8 @@ class JointTasks(TaskSet):
         # Each task has its own normalisation: the base keeps the pretrained one.
         self.pretrained_norms = {f"{n}.{k}": v.detach().clone() for n, norm in norm_layers(model)
                                  for k, v in norm.state_dict().items()}
-        self.states = {t: TaskState(model, len(data[t].classes), config.method == "taps") for t in config.tasks}
-        super().__init__(config, device, list(config.tasks), model, data)
+        self.states = {t: TaskState(model, len(data[t].classes), config.method == "taps") for t in config.data.tasks}
+        super().__init__(config, device, list(config.data.tasks), model, data)
 
     def install(self, task: str) -> None:
         self.states[task].install(self.model, self.head)

@@ -1,6 +1,6 @@
 """One training loop for TAPS and its baselines, one task or several, a fixed λ, a λ path or a budget.
 
-    result = train(TrainConfig(dataset="fashion-mnist", method="taps", lam=1.0))
+    result = train(TrainConfig.from_flat(dataset="fashion-mnist", method="taps", lam=1.0))
 
 The loop is plain PyTorch a reader can hold in their head: build the task set (data, model) and
 the sparsity schedule, one optimizer with the scores in their own group, a cosine schedule, and
@@ -52,21 +52,21 @@ log = logging.getLogger(__name__)
 
 def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool = False,
           should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
-    """Train one task, or ``config.tasks`` jointly. With ``resume`` and a checkpoint in
+    """Train one task, or ``config.data.tasks`` jointly. With ``resume`` and a checkpoint in
     ``config.out_dir`` it continues after the last finished epoch and ends exactly where an
     uninterrupted run would (CPU, seeded). ``should_stop`` is polled every step: a cooperative
     cancel that keeps the last checkpoint."""
     config.validate()
     out, device = prepare_run(config)
-    amp_dtype = mixed_precision_dtype(device, config.amp)
+    amp_dtype = mixed_precision_dtype(device, config.optim.amp)
     channels_last = uses_channels_last(device, amp_dtype)
-    tasks = (JointTasks if config.tasks else OneTask)(config, device, channels_last)
+    tasks = (JointTasks if config.data.tasks else OneTask)(config, device, channels_last)
     model, steps_per_epoch = tasks.model, tasks.steps_per_epoch
     normalize = Normalize(*input_normalization(model)).to(device)
     schedule = sparsity_schedule(config, steps_per_epoch, model, len(tasks.classes))
     tasks.set_penalty(schedule.penalty_kind)
     optimizer = sgd(*tasks.trained_parameters(), config)
-    scheduler = build_scheduler(optimizer, schedule.total_steps, config.gate_freeze, schedule.stages)
+    scheduler = build_scheduler(optimizer, schedule.total_steps, config.sparsity.gate_freeze, schedule.stages)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 needs loss scaling
 
     start_epoch, history = 0, []
@@ -117,7 +117,7 @@ def train(config: TrainConfig, callbacks: list[Callback] = (), *, resume: bool =
                     of_task = f" of task {task}" if len(tasks.names) > 1 else ""
                     kept = f"; the last good checkpoint is {ckpt_path}" if ckpt_path and ckpt_path.exists() else ""
                     raise TrainingError(f"loss{of_task} became {loss.item()} at step {step} (epoch {epoch + 1})"
-                                        f"{kept}. Try a lower learning rate than {config.lr}.")
+                                        f"{kept}. Try a lower learning rate than {config.optim.lr}.")
                 scaler.scale(loss).backward()  # shared weights: gradients add up over the tasks
                 seen += labels.numel()
                 correct += (logits.argmax(1) == labels).sum().item()
@@ -176,7 +176,8 @@ def start_event(config: TrainConfig, device: torch.device, tasks: TaskSet, sched
         layer_kinds=[r.kind for r in report], layer_params=[r.params for r in report], classes=tasks.classes,
         train_size=sum(len(d.train) for d in tasks.data.values()), val_size=sum(len(d.val) for d in tasks.data.values()),
         test_size=sum(len(d.test) for d in tasks.data.values()), total_steps=schedule.total_steps,
-        start_epoch=start_epoch, tasks=list(config.tasks), total_epochs=schedule.total_epochs)
+        start_epoch=start_epoch, tasks=list(config.data.tasks), total_epochs=schedule.total_epochs,
+        steps_per_epoch=tasks.steps_per_epoch)
 
 
 def chance_warning(recent_loss: float, num_classes: int) -> str | None:
@@ -204,10 +205,11 @@ def chance_warnings(recent_losses, tasks: TaskSet) -> str | None:
 
 def sgd(weights: list[nn.Parameter], scores: list[nn.Parameter], config: TrainConfig) -> torch.optim.SGD:
     """SGD with the scores in their own group: own lr, never weight decay."""
-    groups = [{"params": weights, "weight_decay": config.weight_decay, "name": "weights"}]
+    optim = config.optim
+    groups = [{"params": weights, "weight_decay": optim.weight_decay, "name": "weights"}]
     if scores:
-        groups.append({"params": scores, "weight_decay": 0.0, "name": "scores", "lr": config.score_lr or config.lr})
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+        groups.append({"params": scores, "weight_decay": 0.0, "name": "scores", "lr": optim.score_lr or optim.lr})
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

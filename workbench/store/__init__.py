@@ -1,7 +1,7 @@
 """The run store: every run the workbench knows, as data on disk.
 
     store = RunStore()                                  # $TAPS_RUNS_DIR, else ./runs
-    run_id = store.create_run(TrainConfig(lam=0.5).to_dict(), name="λ=0.5", sweep="lam-sweep")
+    run_id = store.create_run(TrainConfig.from_flat(lam=0.5), name="λ=0.5", sweep="lam-sweep")
     store.mark_running(run_id, os.getpid(), create_time, socket.gethostname(), "cpu")
     with StoreRecorder(store, run_id) as rec:           # a taps.training.trainer callback
         result = train(config, callbacks=[rec])
@@ -10,7 +10,8 @@
 One SQLite database ``<root>/runs.sqlite`` (WAL mode, a busy timeout, ``synchronous=NORMAL``,
 foreign keys on) and one folder per run ``<root>/<run_id>/`` for its config.json, log,
 checkpoint and task pack. Standard library only, so the dashboard, the launcher and the workers
-read and write the same store without a server.
+read and write the same store without a server (configs are read with taps' torch-free
+settings module, so stored configs of any version come back in today's form).
 
 Design points (see DESIGN.md §6, "Trackers"):
 

@@ -2,21 +2,9 @@
 from __future__ import annotations
 
 import time
-from typing import Mapping
 
 from .encoding import event_dict
 from .run_store import RunStore
-
-
-def _steps_per_epoch(start: Mapping) -> int:
-    """Steps in one epoch, as the trainers count them (0: unknown): whole batches of the training
-    split for one task, the longest task's for joint training (as many epochs as configured)."""
-    config = start.get("config") or {}
-    batch, size, total, epochs = (config.get("batch_size"), start.get("train_size"), start.get("total_steps"),
-                                  config.get("epochs"))
-    if start.get("tasks"):
-        return int(total) // int(epochs) if total and epochs else 0
-    return max(1, int(size) // int(batch)) if size and batch else 0
 
 
 class StoreRecorder:
@@ -49,7 +37,7 @@ class StoreRecorder:
         d = event_dict(event)
         self.store.record_start(self.run_id, d)
         if self.flush_each_epoch:
-            self._steps_per_epoch = _steps_per_epoch(d)
+            self._steps_per_epoch = int(d.get("steps_per_epoch") or 0)
         self._last_flush = time.monotonic()
 
     def on_step(self, event) -> None:

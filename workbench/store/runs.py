@@ -8,12 +8,14 @@ import shutil
 import socket
 import sqlite3
 import time
-from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from taps.errors import ConfigError
+from taps.training.train_config import TrainConfig
+
 from .database import Database, StoreError
-from .encoding import event_dict, optional_float, optional_int, to_json
+from .encoding import optional_float, optional_int, to_json
 from .schema import RUN_ID_RE
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -44,7 +46,7 @@ class RunLifecycle(Database):
     def _new_id(now: float) -> str:
         return f"r-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{os.urandom(2).hex()}"
 
-    def create_run(self, config: Mapping | Any, *, name: str | None = None, sweep: str | None = None,
+    def create_run(self, config: "Mapping | TrainConfig", *, name: str | None = None, sweep: str | None = None,
                    backend: str = "local", kind: str | None = None, lam: float | None | object = _FROM_CONFIG,
                    epochs: int | None | object = _FROM_CONFIG) -> str:
         """A new queued run; writes ``<root>/<id>/config.json``. Returns the run id
@@ -53,15 +55,12 @@ class RunLifecycle(Database):
         the config: a budget run has no λ yet, a λ path trains more epochs than ``epochs``);
         unsaid, λ and epochs are the config's own values. The trainer's start event and final
         metrics correct them."""
-        if hasattr(config, "to_dict"):
-            config = config.to_dict()
-        elif is_dataclass(config) and not isinstance(config, type):
-            config = event_dict(config)
-        if not isinstance(config, Mapping):
-            raise StoreError(f"a run's config must be a dict, got {type(config).__name__}")
-        config = dict(config)
+        if not isinstance(config, (Mapping, TrainConfig)):
+            raise StoreError(f"a run's config must be a TrainConfig or a dict, got {type(config).__name__}")
+        settings = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+        config = settings.to_dict()
         config_json = to_json(config, "a run's config")
-        dataset = " + ".join(config["tasks"]) if config.get("tasks") else config.get("dataset")
+        dataset = " + ".join(settings.datasets)
         now = time.time()
         for _ in range(100):
             run_id = self._new_id(now)
@@ -83,11 +82,11 @@ class RunLifecycle(Database):
                 conn.execute(
                     "INSERT INTO runs (id, name, sweep, status, method, dataset, backbone, lam, lr, config, "
                     "created_at, epochs, backend, device, kind) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, name, sweep, config.get("method"), dataset, config.get("backbone"),
-                     optional_float(config.get("lam") if lam is _FROM_CONFIG else lam),
-                     optional_float(config.get("lr")), config_json, now,
-                     optional_int(config.get("epochs") if epochs is _FROM_CONFIG else epochs), backend,
-                     _requested_device(config), None if kind is None else str(kind)))
+                    (run_id, name, sweep, settings.method, dataset, settings.backbone,
+                     optional_float(settings.sparsity.lam if lam is _FROM_CONFIG else lam),
+                     optional_float(settings.optim.lr), config_json, now,
+                     optional_int(settings.optim.epochs if epochs is _FROM_CONFIG else epochs), backend,
+                     _requested_device(settings.device), None if kind is None else str(kind)))
         except BaseException as e:
             shutil.rmtree(folder, ignore_errors=True)
             if isinstance(e, OSError):
@@ -103,6 +102,8 @@ class RunLifecycle(Database):
         for key in _JSON_FIELDS:
             if d.get(key) is not None:
                 d[key] = json.loads(d[key])
+        if d.get("config") is not None:
+            d["config"] = current_config(d["config"])
         return d
 
     def get_run(self, run_id: str) -> dict | None:
@@ -223,8 +224,16 @@ class RunLifecycle(Database):
         return existed
 
 
-def _requested_device(config: Mapping) -> str | None:
+def current_config(stored: dict) -> dict:
+    """A stored config in today's JSON form, whichever version wrote it (old stores hold flat
+    version-1 configs); one that no longer reads (a hand-edited file) is returned as it is."""
+    try:
+        return TrainConfig.from_dict(stored).to_dict()
+    except (ConfigError, TypeError, ValueError):
+        return stored
+
+
+def _requested_device(device: str | None) -> str | None:
     """The device a queued run is pinned to; None for "auto", which only the worker resolves (it
     records the device it chose when the run starts): a run never shows "auto" as its device."""
-    device = config.get("device")
     return None if device in (None, "auto") else device
