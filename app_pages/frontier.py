@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from taps.training.points import PointKind
 from workbench import figures, ui
+from workbench.figures import PointKind
 from workbench.summaries import compute_caption, run_label
 
 POINT_KINDS = {PointKind.RUN: "run", PointKind.PATH_STAGE: "λ path stage", PointKind.BUDGET: "budget run",

@@ -7,7 +7,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from workbench import ui
+from workbench import task_packs, ui
 from workbench.summaries import pack_rows
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # also server.maxUploadSize in .streamlit/config.toml
@@ -16,20 +16,14 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def pack_contents(path: str, mtime: float, base_params: int) -> tuple[dict, dict]:
-    """(metadata, what the pack costs): the numbers come from ``taps.pack_stats`` on the pack
-    itself, the function the library and ``MultiTaskModel.report`` use."""
-    from taps.method.packs import read_pack
-    from taps.method.stats import pack_stats
-
-    pack = read_pack(path)
-    return pack.metadata, pack_stats(pack, base_params).to_dict()
+    """(metadata, what the pack costs): the library's ``pack_stats`` on the pack itself, read
+    once per version of the file."""
+    return task_packs.pack_summary(path, base_params)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the base model and applying the pack…")
 def task_model(path: str, mtime: float):
-    from taps.inference import load_task_model
-
-    return load_task_model(path)
+    return task_packs.load_pack_model(path)
 
 
 def megabytes(n: float | None) -> str:
@@ -85,17 +79,14 @@ if upload is not None:
     if len(data) > MAX_UPLOAD_BYTES:
         st.error(f"{upload.name} is {len(data) / 2**20:.1f} MB; at most {MAX_UPLOAD_BYTES // 2**20} MB are accepted.")
         st.stop()
-    from taps.data import decode_image
-    from taps.inference import classify
-
-    image = ui.attempt(lambda: decode_image(data), f"Reading {upload.name}")
+    image = ui.attempt(lambda: task_packs.decode_upload(data), f"Reading {upload.name}")
     if image is None:
         st.stop()
     loaded = ui.attempt(lambda: task_model(str(path), mtime), "Loading the task model")
     if loaded is None:
         st.stop()
     model, task_pack = loaded
-    top = classify(model, task_pack, [image], top_k=5)[0]
+    top = task_packs.top_classes(model, task_pack, image, top_k=5)
     i1, i2 = st.columns([1, 2])
     i1.image(image, caption=upload.name, width="stretch")
     chart = go.Figure(go.Bar(x=[p for _, p in top][::-1], y=[c for c, _ in top][::-1], orientation="h",

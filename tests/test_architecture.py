@@ -187,3 +187,58 @@ def test_pages_and_notebooks_read_runs_through_the_launcher():
     assert not offenders, f"read the runs through the Launcher (list_runs, get, frontier, …): {offenders}"
     assert _reads_the_store_directly("launcher = Launcher(RunStore(root))\nlauncher.store.sweeps()") == [
         "line 1: RunStore", "line 2: launcher.store"]  # the check finds what it looks for
+
+
+# Item 3 of the redesign: pages and the analysis notebooks read through the workbench (the
+# Launcher, workbench.task_packs, workbench.figures), never the taps library itself. These are
+# still being converted; remove each entry when its conversion lands.
+PAGES_STILL_IMPORTING_TAPS = {"app_pages.launch"}
+NOTEBOOKS_STILL_IMPORTING_TAPS = {"03_lambda_explorer"}
+LIBRARY_NOTEBOOKS = {"01_walkthrough"}  # teaches the taps library itself
+
+
+def _imports_taps(target: str) -> bool:
+    return target == "taps" or target.startswith("taps.")
+
+
+def _notebook_code(path: Path) -> str:
+    import json
+
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
+def _taps_imports_in(tree: ast.AST) -> list[str]:
+    """The taps modules a parsed notebook imports, at any depth (relative imports cannot occur)."""
+    found = []
+    for node in runtime_nodes(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if _imports_taps(a.name)]
+        elif isinstance(node, ast.ImportFrom) and not node.level and _imports_taps(node.module or ""):
+            found.append(node.module)
+    return found
+
+
+def test_pages_import_the_workbench_not_the_taps_library():
+    pages = {m for m in MODULES if m == "app" or m.startswith("app_pages.")}
+    assert {"app", "app_pages.task_packs", "app_pages.frontier"} <= pages
+    assert PAGES_STILL_IMPORTING_TAPS <= pages, "an allow-listed page no longer exists: drop it from the list"
+    offenders = {m: sorted({t for t, _ in import_statements(m) if _imports_taps(t)}) for m in pages}
+    offenders = {m: found for m, found in offenders.items() if found and m not in PAGES_STILL_IMPORTING_TAPS}
+    assert not offenders, f"read through the Launcher or a workbench module instead of taps: {offenders}"
+    # the check sees lazy imports inside functions
+    assert "taps.inference" in {t for t, _ in import_statements("workbench.task_packs")}
+
+
+def test_analysis_notebooks_import_the_workbench_not_the_taps_library():
+    notebooks = {p.stem: p for p in (ROOT / "notebooks").glob("*.ipynb")}
+    assert NOTEBOOKS_STILL_IMPORTING_TAPS | LIBRARY_NOTEBOOKS <= set(notebooks)
+    offenders = {}
+    for stem, path in notebooks.items():
+        if stem in LIBRARY_NOTEBOOKS | NOTEBOOKS_STILL_IMPORTING_TAPS:
+            continue
+        if found := _taps_imports_in(ast.parse(_notebook_code(path), str(path))):
+            offenders[stem] = found
+    assert "02_analysis" in notebooks and not offenders, f"read through the workbench instead of taps: {offenders}"
+    assert sorted(_taps_imports_in(ast.parse("def f():\n    import taps.data as d\nfrom taps import adapt\nimport tapsy"))) \
+        == ["taps", "taps.data"]  # the check finds what it looks for, and only that

@@ -24,6 +24,7 @@ from taps.training.points import PointKind
 __all__ = [
     "AXIS_TITLES", "KIND_COLORS", "loss_figure", "accuracy_figure", "heatmap_figure", "frontier_figure",
     "layer_patterns_figure", "pareto_front", "downsample",
+    "PointKind",  # re-exported: the kinds of the points these figures draw, for pages that label them
 ]
 
 AXIS_TITLES = {
