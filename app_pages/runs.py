@@ -6,7 +6,7 @@ import streamlit as st
 
 from workbench import figures, ui
 from workbench.live import FIGURE_REFRESH_S, FigureCache, LiveRun, poll_seconds
-from workbench.store import STATUSES, TERMINAL
+from workbench.launcher import STATUSES, TERMINAL
 from workbench.summaries import (final_scores, layer_report_rows, plural, run_label, run_progress, run_rows,
                                  run_settings, task_scores)
 

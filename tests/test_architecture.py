@@ -162,10 +162,12 @@ def test_no_module_is_long_without_a_stated_reason():
 
 
 def _reads_the_store_directly(source: str) -> list[str]:
-    """Where code reaches past the Launcher to the run store: building a RunStore, or
-    ``launcher.store``."""
+    """Where code reaches past the Launcher to the run store: importing ``workbench.store``,
+    building a RunStore, or ``launcher.store``."""
     found = []
     for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("workbench.store"):
+            found.append(f"line {node.lineno}: from {node.module} import")
         if isinstance(node, ast.Attribute) and node.attr == "store" and isinstance(node.value, ast.Name) \
                 and node.value.id == "launcher":
             found.append(f"line {node.lineno}: launcher.store")
@@ -185,15 +187,13 @@ def test_pages_and_notebooks_read_runs_through_the_launcher():
     assert len(sources) >= 8
     offenders = {str(path): found for path, source in sources.items() if (found := _reads_the_store_directly(source))}
     assert not offenders, f"read the runs through the Launcher (list_runs, get, frontier, …): {offenders}"
-    assert _reads_the_store_directly("launcher = Launcher(RunStore(root))\nlauncher.store.sweeps()") == [
-        "line 1: RunStore", "line 2: launcher.store"]  # the check finds what it looks for
+    assert _reads_the_store_directly("from workbench.store import TERMINAL\n"
+                                     "launcher = Launcher(RunStore(root))\nlauncher.store.sweeps()") == [
+        "line 1: from workbench.store import", "line 2: RunStore", "line 3: launcher.store"]  # the check finds what it looks for
 
 
 # Item 3 of the redesign: pages and the analysis notebooks read through the workbench (the
-# Launcher, workbench.task_packs, workbench.figures), never the taps library itself. These are
-# still being converted; remove each entry when its conversion lands.
-PAGES_STILL_IMPORTING_TAPS = {"app_pages.launch"}
-NOTEBOOKS_STILL_IMPORTING_TAPS = {"03_lambda_explorer"}
+# Launcher, workbench.catalogue, workbench.task_packs, workbench.figures), never the taps library.
 LIBRARY_NOTEBOOKS = {"01_walkthrough"}  # teaches the taps library itself
 
 
@@ -221,10 +221,9 @@ def _taps_imports_in(tree: ast.AST) -> list[str]:
 
 def test_pages_import_the_workbench_not_the_taps_library():
     pages = {m for m in MODULES if m == "app" or m.startswith("app_pages.")}
-    assert {"app", "app_pages.task_packs", "app_pages.frontier"} <= pages
-    assert PAGES_STILL_IMPORTING_TAPS <= pages, "an allow-listed page no longer exists: drop it from the list"
+    assert {"app", "app_pages.task_packs", "app_pages.frontier", "app_pages.launch"} <= pages
     offenders = {m: sorted({t for t, _ in import_statements(m) if _imports_taps(t)}) for m in pages}
-    offenders = {m: found for m, found in offenders.items() if found and m not in PAGES_STILL_IMPORTING_TAPS}
+    offenders = {m: found for m, found in offenders.items() if found}
     assert not offenders, f"read through the Launcher or a workbench module instead of taps: {offenders}"
     # the check sees lazy imports inside functions
     assert "taps.inference" in {t for t, _ in import_statements("workbench.task_packs")}
@@ -232,13 +231,13 @@ def test_pages_import_the_workbench_not_the_taps_library():
 
 def test_analysis_notebooks_import_the_workbench_not_the_taps_library():
     notebooks = {p.stem: p for p in (ROOT / "notebooks").glob("*.ipynb")}
-    assert NOTEBOOKS_STILL_IMPORTING_TAPS | LIBRARY_NOTEBOOKS <= set(notebooks)
+    assert LIBRARY_NOTEBOOKS <= set(notebooks)
     offenders = {}
     for stem, path in notebooks.items():
-        if stem in LIBRARY_NOTEBOOKS | NOTEBOOKS_STILL_IMPORTING_TAPS:
+        if stem in LIBRARY_NOTEBOOKS:
             continue
         if found := _taps_imports_in(ast.parse(_notebook_code(path), str(path))):
             offenders[stem] = found
-    assert "02_analysis" in notebooks and not offenders, f"read through the workbench instead of taps: {offenders}"
+    assert {"02_analysis", "03_lambda_explorer"} <= set(notebooks) and not offenders, f"read through the workbench instead of taps: {offenders}"
     assert sorted(_taps_imports_in(ast.parse("def f():\n    import taps.data as d\nfrom taps import adapt\nimport tapsy"))) \
         == ["taps", "taps.data"]  # the check finds what it looks for, and only that

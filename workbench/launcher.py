@@ -37,9 +37,9 @@ from taps.training.train_config import TrainConfig
 
 from .hardware import THREADS_ENV, cpu_threads_per_worker, visible_gpus
 from .processes import create_time, process_alive
-from .store import TERMINAL, RunStore, StoreError
+from .store import STATUSES, TERMINAL, RunStore, StoreError
 
-__all__ = ["Launcher", "LOCK_NAME", "CANCEL_FLAG", "DISAPPEARED"]
+__all__ = ["Launcher", "LOCK_NAME", "CANCEL_FLAG", "DISAPPEARED", "STATUSES", "TERMINAL"]  # statuses: for readers
 
 LOCK_NAME = "launcher.lock"
 SETTINGS_NAME = "launcher.json"
