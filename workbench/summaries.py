@@ -43,8 +43,9 @@ def run_label(run: dict) -> str:
     if run.get("name"):
         return run["name"]
     method = run.get("method") or "run"
-    sparsity = run_settings(run).sparsity
-    if run.get("tasks") or run_settings(run).data.tasks:
+    settings = run_settings(run)
+    sparsity = settings.sparsity
+    if run.get("tasks") or settings.data.tasks:
         method = f"joint {method}"
     if sparsity.budget_pct is not None:
         return f"{method} budget ≤{sparsity.budget_pct:g}% {sparsity.budget_kind}"

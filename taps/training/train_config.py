@@ -110,21 +110,30 @@ class TrainConfig:
     @classmethod
     def from_flat(cls, values: dict | None = None, /, **settings) -> "TrainConfig":
         """A config from flat setting names (``lam=1, dataset="flowers102"``); the rest default."""
-        return cls().updated(**{**(values or {}), **settings})
+        return cls()._assign({**(values or {}), **settings})  # fresh defaults: nothing to copy
 
     def updated(self, **settings) -> "TrainConfig":
         """A copy with some settings changed, by flat name (``config.updated(lam=1)``)."""
+        new = copy.copy(self)  # shallow copies, then fresh lists: nothing is shared with self
+        for group in GROUPS:
+            setattr(new, group, copy.copy(getattr(self, group)))
+        for holder in (new, *(getattr(new, group) for group in GROUPS)):
+            for name, value in vars(holder).items():
+                if isinstance(value, list):
+                    setattr(holder, name, _fresh(value))
+        return new._assign(settings)
+
+    def _assign(self, settings: dict) -> "TrainConfig":
         unknown = set(settings) - set(SETTINGS)
         if unknown:
             raise ConfigError(f"unknown training settings: {', '.join(sorted(unknown))}")
-        new = copy.deepcopy(self)
         for name, value in settings.items():
-            setattr(new._holder(name), name, copy.deepcopy(value))
-        return new
+            setattr(self._holder(name), name, _fresh(value))
+        return self
 
     def to_flat(self) -> dict:
         """Every setting by its flat name."""
-        return {name: copy.deepcopy(getattr(self._holder(name), name)) for name in SETTINGS}
+        return {name: _fresh(getattr(self._holder(name), name)) for name in SETTINGS}
 
     def _holder(self, name: str):
         group = SETTINGS[name][0]
@@ -133,7 +142,10 @@ class TrainConfig:
     # -- the one JSON form ------------------------------------------------------------------
     def to_dict(self) -> dict:
         """The nested JSON form, versioned: what a run store and a checkpoint keep."""
-        return {"version": CONFIG_VERSION, **dataclasses.asdict(self)}
+        top = {name: _fresh(getattr(self, name)) for name in GROUP_NAMES[None]}
+        nested = {group: {name: _fresh(getattr(getattr(self, group), name)) for name in GROUP_NAMES[group]}
+                  for group in GROUPS}
+        return {"version": CONFIG_VERSION, **top, **nested}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -151,7 +163,7 @@ class TrainConfig:
             if key in GROUPS:
                 if not isinstance(value, dict):
                     raise ConfigError(f"settings group {key!r} must be a mapping, got {value!r}", key)
-                unknown = set(value) - {n for n, (g, _) in SETTINGS.items() if g == key}
+                unknown = set(value) - set(GROUP_NAMES[key])
                 if unknown:
                     raise ConfigError(f"unknown {key} settings: {', '.join(sorted(unknown))}")
                 flat.update(value)
@@ -272,6 +284,11 @@ class TrainConfig:
             raise ConfigError("give either a budget or a λ path, not both")
 
 
+def _fresh(value):
+    """A value a config may share with no one: lists (of names, of λ) are copied."""
+    return [_fresh(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def _settings() -> dict[str, tuple[str | None, dataclasses.Field]]:
     """Flat name → (its group, None at the top; its field), in the order ``--help`` lists them."""
     found = {f.name: (None, f) for f in dataclasses.fields(TrainConfig) if f.name not in GROUPS}
@@ -284,6 +301,7 @@ def _settings() -> dict[str, tuple[str | None, dataclasses.Field]]:
 
 
 SETTINGS = _settings()
+GROUP_NAMES = {group: [n for n, (g, _) in SETTINGS.items() if g == group] for group in (None, *GROUPS)}
 
 # name: (low, high, strict low, whole number, None allowed)
 NUMBER_RANGES = {

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from taps.errors import ConfigError
-from taps.training.train_config import TrainConfig
+from taps.training.train_config import CONFIG_VERSION, TrainConfig
 
 from .database import Database, StoreError
 from .encoding import optional_float, optional_int, to_json
@@ -227,6 +227,8 @@ class RunLifecycle(Database):
 def current_config(stored: dict) -> dict:
     """A stored config in today's JSON form, whichever version wrote it (old stores hold flat
     version-1 configs); one that no longer reads (a hand-edited file) is returned as it is."""
+    if stored.get("version") == CONFIG_VERSION:  # written by create_run in today's form: nothing to do
+        return stored
     try:
         return TrainConfig.from_dict(stored).to_dict()
     except (ConfigError, TypeError, ValueError):
