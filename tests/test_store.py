@@ -580,3 +580,24 @@ def test_joint_runs_record_each_task_and_give_a_frontier_point_per_task(store):
     points = store.frontier()
     assert [(p["dataset"], p["kind"], p["method"], p["test_acc"], p["task_specific_layers_pct"]) for p in points] == [
         ("fashion-mnist", "joint_task", "taps", 0.8, 100.0), ("digits", "joint_task", "taps", 0.9, 0.0)]
+
+
+def _recorded_after_each_step(store, steps_per_epoch: int) -> list[int]:
+    rid = store.create_run(config())
+    rec = StoreRecorder(store, rid, flush_every_s=3600, flush_every_steps=1000, flush_each_epoch=True)
+    rec.on_start(StartEvent(config=config(), device="cpu", layer_names=["a", "b"], layer_kinds=["conv"] * 2,
+                            layer_params=[10, 10], classes=["a", "b"], train_size=40, val_size=2, test_size=2,
+                            total_steps=8, start_epoch=0, total_epochs=2, steps_per_epoch=steps_per_epoch))
+    written = []
+    for n in range(1, 9):
+        rec.on_step(StepEvent(step=n, total_steps=8, epoch=(n - 1) // 4, loss=1.0, task_loss=1.0, penalty=0.0,
+                              lam_now=0.3, lr=0.003, scores=[0.2, 0.05], active_layers=1, images_per_sec=10.0))
+        written.append(len(store.steps_since(rid)))
+    return written
+
+
+def test_a_recorder_flushing_each_epoch_writes_at_the_epoch_end_the_engine_reports(store):
+    """Workers flush at the last step of every epoch, before its checkpoint: where an epoch ends
+    comes from the start event's steps_per_epoch, not from the store redoing the trainer's sums."""
+    assert _recorded_after_each_step(store, 4) == [0, 0, 0, 4, 4, 4, 4, 8]
+    assert _recorded_after_each_step(store, 0) == [0] * 8  # not reported: only the usual cadence
